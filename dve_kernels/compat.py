@@ -1,0 +1,102 @@
+"""Drop-in replacements for the original DVE repository's losses (``model/loss.py``).
+
+Same signatures, same numbers; the fused backends never build the ``H·W x H·W`` matrices, so
+``fold_corr`` is accepted and changes nothing. Swap::
+
+    from model.loss import dense_correlation_loss_dve      # before
+    from dve_kernels import dense_correlation_loss_dve     # after
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from . import _validation as v
+from . import functional
+from .conventions import gather_auxiliary, prepare_pairs
+
+
+def _prepare(feats, grid, pow, normalize_vectors, backend, grid_name="meta['grid']"):
+    v.check_feats_and_grid(feats, grid, grid_name=grid_name)
+    v.check_real("pow", pow, positive=True)
+    v.check_choice("backend", backend, v.BACKENDS)
+    return prepare_pairs(feats, grid, normalize_vectors)
+
+
+def _loss(src, tgt, src_xy, tgt_xy, pow, dve, num_aux, backend):
+    if dve:
+        num_aux = v.check_num_aux(num_aux, src.shape[0])
+        src = functional.exchange(src, gather_auxiliary(src, num_aux), backend=backend)
+    return functional.warp_loss(src, tgt, src_xy, tgt_xy, pow=pow, reduction="mean", backend=backend)
+
+
+def dense_correlation_loss(feats, meta, pow=0.5, fold_corr=False, normalize_vectors=True, *, backend="auto"):
+    """The warp loss of the original repository (paper eq. 3), fused.
+
+    Args:
+        feats: ``(2B, C, H, W)`` embeddings with pairs interleaved (``x = feats[0::2]``, ``x' = feats[1::2]``),
+            or a tuple/list whose first element is that tensor.
+        meta: a mapping with ``'grid'``: ``(B, H_in, W_in, 2)``, for each pixel of ``x`` where it lies in ``x'``,
+            normalised align-corners ``(x, y)``; ``stride = H_in // H``. It is moved to the features' device.
+        pow: exponent of the pixel distance.
+        fold_corr: ignored (every fused path is memory-safe).
+        normalize_vectors: L2-normalise every embedding over channels and multiply by 20.
+        backend: ``"auto"``, ``"triton"``, ``"cpu"`` or ``"reference"``.
+
+    Returns:
+        A scalar: the mean over pairs and source pixels (the original's division by ``B·H·W``).
+    """
+    grid = v.check_meta(meta)
+    src, tgt, src_xy, tgt_xy = _prepare(feats, grid, pow, normalize_vectors, backend)
+    return _loss(src, tgt, src_xy, tgt_xy, pow, False, 1, backend)
+
+
+def dense_correlation_loss_dve(feats, meta, pow=0.5, fold_corr=False, normalize_vectors=True, *, num_aux=1,
+                               backend="auto"):
+    """The DVE loss of the original repository (paper eq. 6), fused.
+
+    Each source embedding is first rebuilt from the embeddings of ``num_aux`` other images
+    (``x[(b+1) % B], ..., x[(b+k) % B]``, one joint softmax), then matched against its warp.
+    Arguments as :func:`dense_correlation_loss`; ``num_aux`` is new (the original always used 1).
+
+    Returns:
+        A scalar, the same value as the original's ``dense_correlation_loss_evc``.
+    """
+    grid = v.check_meta(meta)
+    src, tgt, src_xy, tgt_xy = _prepare(feats, grid, pow, normalize_vectors, backend)
+    return _loss(src, tgt, src_xy, tgt_xy, pow, True, num_aux, backend)
+
+
+class DVELoss(nn.Module):
+    """The DVE (or plain warp) loss as a module: ``loss = DVELoss()(feats, grid)``.
+
+    Args:
+        pow: exponent of the pixel distance.
+        normalize_vectors: L2-normalise embeddings and multiply by 20.
+        dve: rebuild source embeddings from auxiliary images first (eq. 6); ``False`` gives eq. 3.
+        num_aux: number of auxiliary images per pair.
+        backend: ``"auto"``, ``"triton"``, ``"cpu"`` or ``"reference"``.
+
+    ``forward(feats, grid)``: ``feats`` ``(2B, C, H, W)`` interleaved pairs, ``grid`` ``(B, H_in, W_in, 2)``.
+    """
+
+    def __init__(self, pow: float = 0.5, normalize_vectors: bool = True, dve: bool = True, num_aux: int = 1,
+                 backend: str = "auto"):
+        super().__init__()
+        self.pow = v.check_real("pow", pow, positive=True)
+        self.normalize_vectors = bool(normalize_vectors)
+        self.dve = bool(dve)
+        if isinstance(num_aux, bool) or not isinstance(num_aux, int) or num_aux < 1:
+            raise ValueError(f"num_aux: expected an int >= 1, got {num_aux!r}")
+        self.num_aux = num_aux
+        self.backend = v.check_choice("backend", backend, v.BACKENDS)
+
+    def forward(self, feats, grid: torch.Tensor) -> torch.Tensor:
+        src, tgt, src_xy, tgt_xy = _prepare(feats, grid, self.pow, self.normalize_vectors, self.backend,
+                                            grid_name="grid")
+        return _loss(src, tgt, src_xy, tgt_xy, self.pow, self.dve, self.num_aux, self.backend)
+
+    def extra_repr(self) -> str:
+        return (f"pow={self.pow}, normalize_vectors={self.normalize_vectors}, dve={self.dve}, "
+                f"num_aux={self.num_aux}, backend={self.backend!r}")

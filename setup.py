@@ -1,0 +1,53 @@
+"""Build dve_kernels, with its compiled CPU kernels (dve_kernels._C) when a C++ compiler is present.
+
+``pip install --no-build-isolation -e .`` compiles ``csrc/`` (the torch-free kernels) and ``python/``
+(the bindings) into ``dve_kernels._C`` with ninja through torch's cpp_extension. Without a compiler the
+package still installs and imports; ``backend="cpu"`` then says how to build it.
+"""
+
+import glob
+import os
+import shutil
+import sys
+
+from setuptools import find_packages, setup
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+def _compiler_available() -> bool:
+    return shutil.which(os.environ.get("CXX", "c++")) is not None or shutil.which("g++") is not None
+
+
+def extension_modules():
+    """The C++ extension, or nothing (with a message) when it cannot be built here."""
+    sources = sorted(glob.glob(os.path.join("python", "*.cpp")))
+    if not sources:
+        return [], {}
+    if os.environ.get("DVE_KERNELS_NO_EXTENSION") == "1":
+        print("dve_kernels: DVE_KERNELS_NO_EXTENSION=1, skipping the C++ extension", file=sys.stderr)
+        return [], {}
+    if not _compiler_available():
+        print("dve_kernels: no C++ compiler found, installing without dve_kernels._C "
+              "(backend='cpu' will be unavailable)", file=sys.stderr)
+        return [], {}
+    from torch.utils.cpp_extension import BuildExtension, CppExtension
+
+    extra_compile_args = ["-O3", "-std=c++17", "-fopenmp"]
+    extension = CppExtension(
+        name="dve_kernels._C",
+        sources=sources,
+        include_dirs=[os.path.join(ROOT, "csrc")],
+        extra_compile_args=extra_compile_args,
+        extra_link_args=["-fopenmp"],
+    )
+    return [extension], {"build_ext": BuildExtension.with_options(use_ninja=True)}
+
+
+ext_modules, cmdclass = extension_modules()
+
+setup(
+    packages=find_packages(include=["dve_kernels", "dve_kernels.*"]),
+    ext_modules=ext_modules,
+    cmdclass=cmdclass,
+)
