@@ -10,7 +10,7 @@ import os
 import shutil
 import sys
 
-from setuptools import find_packages, setup
+from setuptools import setup
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 
@@ -31,7 +31,12 @@ def extension_modules():
         print("dve_kernels: no C++ compiler found, installing without dve_kernels._C "
               "(backend='cpu' will be unavailable)", file=sys.stderr)
         return [], {}
-    from torch.utils.cpp_extension import BuildExtension, CppExtension
+    try:
+        from torch.utils.cpp_extension import BuildExtension, CppExtension
+    except ImportError:
+        print("dve_kernels: torch is not importable in the build environment, installing without "
+              "dve_kernels._C; build it with `pip install --no-build-isolation -e .`", file=sys.stderr)
+        return [], {}
 
     extra_compile_args = ["-O3", "-std=c++17", "-fopenmp"]
     extension = CppExtension(
@@ -47,7 +52,6 @@ def extension_modules():
 ext_modules, cmdclass = extension_modules()
 
 setup(
-    packages=find_packages(include=["dve_kernels", "dve_kernels.*"]),
     ext_modules=ext_modules,
     cmdclass=cmdclass,
 )
