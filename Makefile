@@ -1,0 +1,52 @@
+# One-command set-up on a fresh machine: an isolated environment in .venv that
+# - keeps a torch that is already installed (GPU users keep their CUDA build: the venv sees site-packages),
+# - otherwise installs the CPU build of torch $(TORCH_VERSION) (never a bare `pip install torch`, which pulls CUDA),
+# - installs Triton from the registry when it is missing, the test/train requirements, and this package
+#   with its C++ extension (dve_kernels._C, built by setup.py with ninja).
+#
+#   make job     the reference training (demo preset, built-in synthetic faces) + evaluation + figures
+#   make test    pytest tests/ (Triton kernels in the interpreter when there is no GPU) + the C++ ctest suite
+#   make bench   pytest bench/ (memory and speed against the dense formulation and the peers)
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+TORCH_VERSION ?= 2.13.0
+# Extra arguments for the torch install, e.g. TORCH_PIP_ARGS="--index-url https://download.pytorch.org/whl/cpu"
+TORCH_PIP_ARGS ?=
+JOB_ARGS ?= --preset demo --out runs/demo
+PYTEST_ARGS ?=
+CMAKE_BUILD ?= build/cmake
+
+.PHONY: env test pytest ctest job bench clean
+
+env: $(VENV)/.installed
+
+$(VENV)/.installed: setup.py pyproject.toml requirements-dev.txt $(wildcard csrc/*.h python/*.cpp)
+	test -x $(PY) || $(PYTHON) -m venv --system-site-packages $(VENV)
+	$(PY) -c "import torch" 2>/dev/null || $(PIP) install "torch==$(TORCH_VERSION)" $(TORCH_PIP_ARGS)
+	$(PY) -c "import triton" 2>/dev/null || $(PIP) install triton
+	$(PIP) install -r requirements-dev.txt
+	$(PIP) install --no-deps --no-build-isolation -e .
+	$(PY) -c "import dve_kernels, dve_kernels.functional as f; print('dve_kernels', dve_kernels.__version__, '| C++ extension:', f.cpu_extension_available())"
+	touch $@
+
+pytest: env
+	$(PY) -m pytest tests $(PYTEST_ARGS)
+
+ctest: env
+	cmake -S . -B $(CMAKE_BUILD) -DCMAKE_BUILD_TYPE=Release
+	cmake --build $(CMAKE_BUILD) --parallel 2
+	ctest --test-dir $(CMAKE_BUILD) --output-on-failure
+
+test: ctest pytest
+
+job: env
+	$(PY) -m dve_kernels.train $(JOB_ARGS)
+
+bench: env
+	$(PY) -m pytest bench
+
+clean:
+	rm -rf $(VENV) build $(CMAKE_BUILD) dve_kernels/_C*.so *.egg-info
