@@ -1,0 +1,285 @@
+"""Evaluation of learned embeddings: the paper's matching protocol and landmark regression.
+
+- Matching (Table 1; the original's ``test_matching.py``): test images are taken in pairs ``(a, b)``; both are
+  warped with the evaluation warps (half the training spreads, ``im1_multiplier = 1``). The annotated
+  landmarks of ``x_a`` are matched, by the largest inner product over every pixel, into ``x'_a`` (same identity:
+  the ground truth is the warped landmark) and into ``x'_b`` (different identity: the ground truth is ``b``'s own
+  landmark). The errors are the mean Euclidean distances in input pixels.
+- Landmark regression (section 4.1): on frozen embeddings, 50 learned 1x1 filters give 50 heatmaps, a spatial
+  softmax and soft-argmax turn them into 50 (x, y) points, and a linear layer maps those 100 numbers to the
+  annotated landmarks. Fitted on the annotated training split, reported on the test split as the mean error in
+  percent of the inter-ocular distance.
+
+Run as ``python -m dve_kernels.train.evaluate RUN_DIR`` to evaluate a run's checkpoint again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..warps import TPSWarper
+from .config import TrainConfig
+from .data import SPLITS, build_dataset, data_root
+
+__all__ = ["match_keypoints", "matching_errors", "LandmarkRegressor", "fit_landmark_regressor",
+           "landmark_error_iod", "evaluate_run", "main", "EVAL_WARP"]
+
+#: The original's evaluation warps (test_matching.py): half the training spreads, one warp at full strength.
+EVAL_WARP = dict(warpsd_all=0.001 * 0.5, warpsd_subset=0.01 * 0.5, transsd=0.1 * 0.5, scalesd=0.1 * 0.5,
+                 rotsd=5 * 0.5, im1_multiplier=1.0)
+
+
+def match_keypoints(source: torch.Tensor, target: torch.Tensor, keypoints: torch.Tensor, stride: float):
+    """Nearest-embedding matches of source keypoints in a target embedding map.
+
+    Args:
+        source, target: ``(C, H, W)`` embeddings of the source and target images.
+        keypoints: ``(K, 2)`` pixel ``(x, y)`` in the source image (input pixels).
+        stride: input pixels per embedding pixel.
+    Returns:
+        ``(K, 2)`` pixel ``(x, y)`` in the target image: the target pixel whose embedding has the largest inner
+        product with the source embedding at the rounded keypoint, at ``(j·stride, i·stride)``.
+    """
+    channels, height, width = source.shape
+    cols = torch.clamp(torch.round(keypoints[:, 0] / stride).long(), 0, width - 1)
+    rows = torch.clamp(torch.round(keypoints[:, 1] / stride).long(), 0, height - 1)
+    query = source[:, rows, cols].T  # (K, C)
+    scores = query @ target.reshape(channels, height * width)
+    best = scores.argmax(dim=1)
+    return torch.stack(((best % width).float() * stride, (best // width).float() * stride), dim=1)
+
+
+def _embed(model: nn.Module, images: torch.Tensor, device, batch_size: int = 32) -> torch.Tensor:
+    from .loop import normalize_images
+
+    outs = []
+    with torch.no_grad():
+        for start in range(0, images.shape[0], batch_size):
+            chunk = normalize_images(images[start:start + batch_size].to(device))
+            outs.append(model(chunk).float().cpu())
+    return torch.cat(outs)
+
+
+def _stack(dataset, indices: Sequence[int]):
+    items = [dataset[i] for i in indices]
+    return torch.stack([it["image"] for it in items]), torch.stack([it["keypoints"] for it in items])
+
+
+def matching_errors(model: nn.Module, dataset, num_pairs: int, crop: int, device="cpu", seed: int = 0,
+                    batch_pairs: int = 16):
+    """Mean same- and different-identity matching errors (pixels) over ``num_pairs`` test pairs.
+
+    Returns ``(same, different, details)``; ``different`` is ``None`` for unlabelled datasets, whose same-
+    identity error is measured on a 5x5 lattice of points instead of landmarks.
+    """
+    model.eval()
+    warper = TPSWarper(crop=crop, **EVAL_WARP)
+    generator = torch.Generator().manual_seed(seed)
+    num_pairs = min(num_pairs, len(dataset) // 2)
+    if num_pairs < 1:
+        raise ValueError(f"matching needs at least 2 test images, got {len(dataset)}")
+    labelled = getattr(dataset, "has_keypoints", True)
+    same, diff = [], []
+    for start in range(0, num_pairs, batch_pairs):
+        pairs = range(start, min(num_pairs, start + batch_pairs))
+        images, keypoints = _stack(dataset, [i for p in pairs for i in (2 * p, 2 * p + 1)])
+        if not labelled:
+            size = images.shape[-1]
+            lattice = torch.linspace(crop + 0.2 * (size - 2 * crop), size - crop - 1 - 0.2 * (size - 2 * crop), 5)
+            yy, xx = torch.meshgrid(lattice, lattice, indexing="ij")
+            keypoints = torch.stack((xx.reshape(-1), yy.reshape(-1)), 1).expand(images.shape[0], -1, -1)
+        warped = warper(images, keypoints.float(), generator=generator)
+        feats_x = _embed(model, warped.x, device)
+        feats_xp = _embed(model, warped.x_prime, device)
+        stride = warped.x.shape[-1] / feats_x.shape[-1]
+        for k in range(len(pairs)):
+            a, b = 2 * k, 2 * k + 1
+            source_kp = warped.keypoints_x[a]
+            found = match_keypoints(feats_x[a], feats_xp[a], source_kp, stride)
+            same.append((found - warped.keypoints_x_prime[a]).norm(dim=1))
+            if labelled:
+                found = match_keypoints(feats_x[a], feats_xp[b], source_kp, stride)
+                diff.append((found - warped.keypoints_x_prime[b]).norm(dim=1))
+    same = torch.cat(same)
+    same_error = float(same.mean())
+    diff_error = float(torch.cat(diff).mean()) if diff else None
+    return same_error, diff_error, {"pairs": num_pairs, "points_per_image": int(keypoints.shape[1])}
+
+
+class LandmarkRegressor(nn.Module):
+    """50 intermediate points from frozen embeddings (1x1 filters, softmax, soft-argmax), then a linear map."""
+
+    def __init__(self, embedding_dim: int, num_landmarks: int, num_points: int = 50):
+        super().__init__()
+        self.heatmaps = nn.Conv2d(embedding_dim, num_points, kernel_size=1)
+        self.linear = nn.Linear(2 * num_points, 2 * num_landmarks)
+        self.num_landmarks = num_landmarks
+
+    def points(self, feats: torch.Tensor) -> torch.Tensor:
+        """``(B, C, H, W)`` -> ``(B, P, 2)`` soft-argmax ``(x, y)`` in ``[-1, 1]`` (align-corners)."""
+        batch, _, height, width = feats.shape
+        logits = self.heatmaps(feats).flatten(2)
+        prob = logits.softmax(dim=-1).view(batch, -1, height, width)
+        xs = torch.linspace(-1, 1, width, device=feats.device, dtype=feats.dtype)
+        ys = torch.linspace(-1, 1, height, device=feats.device, dtype=feats.dtype)
+        return torch.stack(((prob.sum(2) * xs).sum(-1), (prob.sum(3) * ys).sum(-1)), dim=-1)
+
+    def forward(self, feats: torch.Tensor) -> torch.Tensor:
+        """``(B, C, H, W)`` -> ``(B, K, 2)`` landmarks, normalised ``[-1, 1]`` in the input image."""
+        return self.linear(self.points(feats).flatten(1)).view(feats.shape[0], self.num_landmarks, 2)
+
+
+def _to_unit(points: torch.Tensor, size: int) -> torch.Tensor:
+    return points / (size - 1) * 2 - 1
+
+
+def _from_unit(points: torch.Tensor, size: int) -> torch.Tensor:
+    return (points + 1) / 2 * (size - 1)
+
+
+def fit_landmark_regressor(feats: torch.Tensor, keypoints: torch.Tensor, size: int, steps: int = 1500,
+                           lr: float = 1e-2, seed: int = 0, batch_size: int = 64) -> LandmarkRegressor:
+    """Fit :class:`LandmarkRegressor` on frozen ``feats (N, C, H, W)`` to ``keypoints (N, K, 2)`` pixels of
+    ``size x size`` images (mean squared error in normalised coordinates, Adam)."""
+    torch.manual_seed(seed)
+    regressor = LandmarkRegressor(feats.shape[1], keypoints.shape[1])
+    optimizer = torch.optim.Adam(regressor.parameters(), lr=lr)
+    target = _to_unit(keypoints, size)
+    generator = torch.Generator().manual_seed(seed)
+    for step in range(steps):
+        idx = torch.randint(0, feats.shape[0], (min(batch_size, feats.shape[0]),), generator=generator)
+        loss = F.mse_loss(regressor(feats[idx]), target[idx])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        if step == int(steps * 0.8):
+            for group in optimizer.param_groups:
+                group["lr"] = lr * 0.1
+    return regressor
+
+
+def landmark_error_iod(predicted: torch.Tensor, truth: torch.Tensor, eye_indices=(0, 1)) -> float:
+    """Mean landmark error in percent of the inter-ocular distance: ``predicted``/``truth`` ``(N, K, 2)`` pixels."""
+    iod = (truth[:, eye_indices[0]] - truth[:, eye_indices[1]]).norm(dim=-1)
+    errors = (predicted - truth).norm(dim=-1).mean(dim=1) / iod
+    return float(errors.mean() * 100)
+
+
+def _cropped(dataset, count: int, crop: int):
+    images, keypoints = _stack(dataset, range(min(count, len(dataset))))
+    size = images.shape[-1]
+    if crop:
+        images = images[:, :, crop:size - crop, crop:size - crop]
+    return images, keypoints - crop
+
+
+def landmark_regression(model: nn.Module, train_set, test_set, config: TrainConfig, device="cpu"):
+    """Fit on ``train_set`` (frozen embeddings of centre-cropped images), report on ``test_set``."""
+    model.eval()
+    train_images, train_kp = _cropped(train_set, config.regression_train, config.crop)
+    test_images, test_kp = _cropped(test_set, config.regression_test, config.crop)
+    size = train_images.shape[-1]
+    regressor = fit_landmark_regressor(_embed(model, train_images, device), train_kp, size,
+                                       steps=config.regression_steps, seed=config.seed)
+    with torch.no_grad():
+        predicted = _from_unit(regressor(_embed(model, test_images, device)), size)
+    eyes = getattr(test_set, "eye_indices", (0, 1))
+    return landmark_error_iod(predicted, test_kp, eyes), {"train_images": len(train_images),
+                                                          "test_images": len(test_images)}
+
+
+def evaluate_run(model: nn.Module, config: TrainConfig, out: Path, device="cpu", figures: bool = True) -> dict:
+    """Matching + landmark regression on the configured dataset; writes ``metrics.json`` and the figures."""
+    started = time.time()
+    model = model.to(device).eval()
+    name = config.dataset
+    _, fit_split, test_split = SPLITS[name]
+    kwargs = dict(seed=config.seed)
+    root = data_root(config, out)
+    if test_split is None:  # unlabelled folder: same-identity matching on a lattice of points of the training images
+        test_set = build_dataset(name, root, "train", config.imwidth)
+        fit_set = None
+    else:
+        test_set = build_dataset(name, root, test_split, config.imwidth, count=config.test_count,
+                                 **kwargs)
+        fit_set = build_dataset(name, root, fit_split, config.imwidth,
+                                count=min(config.train_count, max(config.regression_train, 1)), **kwargs)
+    same, diff, match_info = matching_errors(model, test_set, config.eval_pairs, config.crop, device,
+                                             seed=config.seed)
+    landmark, regression_info = (None, {})
+    if fit_set is not None:
+        landmark, regression_info = landmark_regression(model, fit_set, test_set, config, device)
+    metrics = {
+        "same_identity_error": same,
+        "different_identity_error": diff,
+        "landmark_error_iod": landmark,
+        "units": {"same_identity_error": "pixels", "different_identity_error": "pixels",
+                  "landmark_error_iod": "percent of inter-ocular distance"},
+        "matching": match_info,
+        "regression": regression_info,
+        "dataset": name,
+        "model": config.model,
+        "embedding_dim": config.embedding_dim,
+        "dve": config.dve,
+        "input_size": config.input_size,
+        "eval_seconds": round(time.time() - started, 1),
+    }
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    paths = {"metrics": str(out / "metrics.json")}
+    if figures:
+        from .figures import draw_loss_curve, draw_matches
+
+        paths["matches_figure"] = draw_matches(model, test_set, config, out / "matches.png", device)
+        curve = draw_loss_curve(out / "metrics.jsonl", out / "loss_curve.png")
+        if curve:
+            paths["loss_figure"] = curve
+    return {"metrics": metrics, "paths": paths}
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    from .loop import CHECKPOINT_NAME, load_checkpoint
+    from .models import build_model
+
+    parser = argparse.ArgumentParser(prog="python -m dve_kernels.train.evaluate",
+                                     description="Evaluate a training run: matching errors (Table 1), landmark "
+                                                 "regression (% inter-ocular distance) and figures.")
+    parser.add_argument("run_dir", help="a run directory written by python -m dve_kernels.train")
+    parser.add_argument("--checkpoint", help=f"default: RUN_DIR/{CHECKPOINT_NAME}")
+    parser.add_argument("--out", help="where metrics.json and the figures go (default RUN_DIR)")
+    parser.add_argument("--eval-pairs", type=int)
+    parser.add_argument("--data-root")
+    parser.add_argument("--no-figures", action="store_true")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = parser.parse_args(argv)
+    run_dir = Path(args.run_dir)
+    ckpt = load_checkpoint(args.checkpoint or run_dir / CHECKPOINT_NAME)
+    config = TrainConfig.from_dict(ckpt["config"])
+    if args.eval_pairs is not None:
+        config.eval_pairs = args.eval_pairs
+    if args.data_root is not None:
+        config.data_root = args.data_root
+    model = build_model(config.model, config.embedding_dim,
+                        **({"width": config.model_width} if config.model == "smallnet" else {}))
+    model.load_state_dict(ckpt["model"])
+    result = evaluate_run(model, config, Path(args.out or run_dir), device=args.device,
+                          figures=not args.no_figures)
+    m = result["metrics"]
+    print(json.dumps({k: m[k] for k in ("same_identity_error", "different_identity_error", "landmark_error_iod")}))
+    for key, path in result["paths"].items():
+        print(f"{key}: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

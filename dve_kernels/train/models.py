@@ -1,0 +1,157 @@
+"""Embedding networks of the DVE paper (appendix D): SmallNet and a single-stack Hourglass.
+
+Both map ``(B, 3, H, W)`` images to ``(B, C, H / 2, W / 2)`` dense embeddings (``stride = 2``), for any ``C``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+__all__ = ["SmallNet", "Hourglass", "build_model", "MODELS"]
+
+
+def _conv_bn_act(in_channels: int, out_channels: int, kernel_size: int, padding: int, dilation: int = 1):
+    return nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, kernel_size, padding=padding, dilation=dilation),
+        nn.BatchNorm2d(out_channels),
+        nn.LeakyReLU(0.2),
+    )
+
+
+class SmallNet(nn.Module):
+    """The network of Thewlis et al. (2017), DVE appendix D.
+
+    Convolutions with 20, 48, 64, 80, 256 and then ``C`` filters, dilated as in the original code (1, 1, 2, 4, 2,
+    1: the three layers after the 5x5 conv2 are dilated by 2, 4 and 2); every convolution but the last is
+    followed by batch norm and a leaky ReLU (slope 0.2, as in the original); a 2x2 max pool after the first.
+    Padding keeps every size, so the output is ``H / 2 x W / 2``.
+    """
+
+    stride = 2
+
+    def __init__(self, embedding_dim: int = 64, width: float = 1.0):
+        super().__init__()
+        if embedding_dim < 1:
+            raise ValueError(f"embedding_dim must be >= 1, got {embedding_dim}")
+        c = [max(1, int(round(n * width))) for n in (20, 48, 64, 80, 256)]
+        self.embedding_dim = embedding_dim
+        self.features = nn.Sequential(
+            _conv_bn_act(3, c[0], 5, padding=2),
+            nn.MaxPool2d(kernel_size=2, stride=2),
+            _conv_bn_act(c[0], c[1], 5, padding=2),
+            _conv_bn_act(c[1], c[2], 5, padding=4, dilation=2),
+            _conv_bn_act(c[2], c[3], 3, padding=4, dilation=4),
+            _conv_bn_act(c[3], c[4], 3, padding=2, dilation=2),
+        )
+        self.head = nn.Conv2d(c[4], embedding_dim, kernel_size=1)
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.xavier_normal_(module.weight)
+                nn.init.zeros_(module.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, 3, H, W)`` -> ``(B, C, H // 2, W // 2)``."""
+        return self.head(self.features(x))
+
+
+def _bn(channels: int) -> nn.BatchNorm2d:
+    # The original's hourglass uses a high batch-norm momentum.
+    return nn.BatchNorm2d(channels, momentum=0.3)
+
+
+class _PreactBottleneck(nn.Module):
+    """Pre-activation residual bottleneck: BN-ReLU-1x1, BN-ReLU-3x3, BN-ReLU-1x1 (``2 · planes`` outputs)."""
+
+    expansion = 2
+
+    def __init__(self, in_channels: int, planes: int):
+        super().__init__()
+        out_channels = planes * self.expansion
+        self.body = nn.Sequential(
+            _bn(in_channels), nn.ReLU(), nn.Conv2d(in_channels, planes, 1),
+            _bn(planes), nn.ReLU(), nn.Conv2d(planes, planes, 3, padding=1),
+            _bn(planes), nn.ReLU(), nn.Conv2d(planes, out_channels, 1),
+        )
+        self.skip = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
+
+    def forward(self, x):
+        return self.body(x) + self.skip(x)
+
+
+def _residuals(in_channels: int, planes: int, count: int) -> nn.Sequential:
+    layers = [_PreactBottleneck(in_channels, planes)]
+    layers += [_PreactBottleneck(planes * 2, planes) for _ in range(count - 1)]
+    return nn.Sequential(*layers)
+
+
+class _HourglassLevel(nn.Module):
+    """One recursion level: a skip branch at this resolution and a pooled branch that recurses."""
+
+    def __init__(self, depth: int, channels: int, num_blocks: int):
+        super().__init__()
+        planes = channels // 2
+        self.skip = _residuals(channels, planes, num_blocks)
+        self.pool = nn.MaxPool2d(2, stride=2)
+        self.down = _residuals(channels, planes, num_blocks)
+        self.inner = (_HourglassLevel(depth - 1, channels, num_blocks) if depth > 1
+                      else _residuals(channels, planes, num_blocks))
+        self.up_res = _residuals(channels, planes, num_blocks)
+        self.upsample = nn.Upsample(scale_factor=2, mode="nearest")
+
+    def forward(self, x):
+        skip = self.skip(x)
+        y = self.up_res(self.inner(self.down(self.pool(x))))
+        return skip + self.upsample(y)
+
+
+class Hourglass(nn.Module):
+    """A single-stack hourglass (Newell et al. 2016) with pre-activation residuals, DVE appendix D.
+
+    A 7x7 stride-2 stem, three residual modules, one hourglass of ``depth`` pooling levels, then a residual head
+    and a 1x1 convolution to ``C`` channels. Output ``H / 2 x W / 2``; ``H / 2`` must be divisible by ``2^depth``
+    (96x96 inputs give 48x48 maps).
+    """
+
+    stride = 2
+
+    def __init__(self, embedding_dim: int = 64, planes: int = 128, depth: int = 4, num_blocks: int = 1,
+                 stem_planes: int = 64):
+        super().__init__()
+        if embedding_dim < 1:
+            raise ValueError(f"embedding_dim must be >= 1, got {embedding_dim}")
+        self.embedding_dim = embedding_dim
+        self.depth = depth
+        channels = planes * 2
+        self.stem = nn.Sequential(
+            nn.Conv2d(3, stem_planes, 7, stride=2, padding=3), _bn(stem_planes), nn.ReLU(),
+            _residuals(stem_planes, stem_planes, 1),
+            _residuals(stem_planes * 2, planes, 1),
+            _residuals(channels, planes, 1),
+        )
+        self.hourglass = _HourglassLevel(depth, channels, num_blocks)
+        self.head = nn.Sequential(
+            _residuals(channels, planes, num_blocks),
+            nn.Conv2d(channels, channels, 1), _bn(channels), nn.ReLU(),
+            nn.Conv2d(channels, embedding_dim, 1),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, 3, H, W)`` -> ``(B, C, H // 2, W // 2)``."""
+        if x.dim() != 4:
+            raise ValueError(f"expected (B, 3, H, W) images, got {tuple(x.shape)}")
+        multiple = 2 * 2 ** self.depth
+        if x.shape[-2] % multiple or x.shape[-1] % multiple:
+            raise ValueError(f"Hourglass(depth={self.depth}) needs input sizes divisible by {multiple}, "
+                             f"got {tuple(x.shape[-2:])}")
+        return self.head(self.hourglass(self.stem(x)))
+
+
+MODELS = {"smallnet": SmallNet, "hourglass": Hourglass}
+
+
+def build_model(name: str, embedding_dim: int, **kwargs) -> nn.Module:
+    """``"smallnet"`` or ``"hourglass"`` with ``embedding_dim`` output channels."""
+    if name not in MODELS:
+        raise ValueError(f"model must be one of {sorted(MODELS)}, got {name!r}")
+    return MODELS[name](embedding_dim=embedding_dim, **kwargs)
