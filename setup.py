@@ -38,7 +38,13 @@ def extension_modules():
               "dve_kernels._C; build it with `pip install --no-build-isolation -e .`", file=sys.stderr)
         return [], {}
 
-    extra_compile_args = ["-O3", "-std=c++17", "-fopenmp"]
+    # Portable flags: no -march. The kernels are compiled once per instruction set in python/isa_*.cpp
+    # (`#pragma GCC target`: generic, AVX2+FMA, AVX-512) and bindings.cpp picks one at run time, so one
+    # binary runs anywhere and still uses FMA/AVX-512 where the CPU has them. -ffp-contract=fast: the
+    # ISO -std=c++NN mode would otherwise forbid fusing a*b+c into one FMA in the micro-kernels;
+    # -fno-math-errno: lets sqrt vectorise (the kernels never read errno). No -std here: torch's
+    # cpp_extension picks the standard its headers need (C++20 for torch 2.13); csrc/ is plain C++17.
+    extra_compile_args = ["-O3", "-fopenmp", "-ffp-contract=fast", "-fno-math-errno"]
     extension = CppExtension(
         name="dve_kernels._C",
         sources=sources,

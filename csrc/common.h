@@ -1,0 +1,390 @@
+// dve_kernels CPU backend: shared building blocks of the fused kernels (torch-free C++17).
+//
+// Every op streams over tiles of kTileRows source rows x kTileCols target rows, the same
+// online-softmax scheme as flash attention: no N x M buffer is ever allocated, only per-task
+// scratch of tile size and O(B * (N + M) * C) workspaces.
+//
+// The hot loops are two micro-kernels written with GCC/Clang vector extensions, so that the
+// compiler emits full-width FMAs for whatever instruction set the translation unit targets
+// (python/isa_*.cpp compile this header once per ISA, inside `#pragma GCC target`, in a
+// namespace of their own, and the binding picks one at run time):
+//   tile_logits      S[r][k] = sum_c X[r][c] * KT[c][k]          (rows x 64, C runtime)
+//   accumulate_rows  Out[i][:] += sum_j coef(i, j) * Y[j][:]      (vectorised over channels)
+// The element-wise softmax work is plain loops over fixed-size rows that the vectoriser turns
+// into SIMD code (fast_exp is branch-free for that reason).
+//
+// Determinism: every sum has a fixed order that depends only on the shapes (never on the
+// number of threads or on timing), so outputs and gradients are bitwise reproducible on a
+// given machine and instruction set.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+// The namespace that keeps the per-ISA copies of these templates apart (see python/isa_*.cpp).
+#ifndef DVE_ISA_NS
+#define DVE_ISA_NS portable
+#endif
+
+// Width in bytes of the vector type used by the micro-kernels: 16 (SSE2 / NEON), 32 (AVX2) or
+// 64 (AVX-512). Wider than the hardware still works (the compiler splits it), only slower.
+#ifndef DVE_VECTOR_BYTES
+#if defined(__AVX512F__)
+#define DVE_VECTOR_BYTES 64
+#elif defined(__AVX__)
+#define DVE_VECTOR_BYTES 32
+#else
+#define DVE_VECTOR_BYTES 16
+#endif
+#endif
+
+// Rows of the register block of the micro-kernels: AVX-512 has 32 vector registers, the others 16.
+#ifndef DVE_MICRO_ROWS
+#if DVE_VECTOR_BYTES >= 64
+#define DVE_MICRO_ROWS 4
+#else
+#define DVE_MICRO_ROWS 2
+#endif
+#endif
+
+namespace dve {
+// Everything lives in a per-ISA inline namespace: a translation unit compiled for AVX2 must not
+// hand the linker an AVX2 copy of an inline function that a generic translation unit also uses.
+inline namespace DVE_ISA_NS {
+
+// ---------------------------------------------------------------------------------------------
+// Storage types. bf16/fp16 tensors are stored 16-bit and computed in float; float and double are
+// computed in themselves. The two 16-bit structs have the bit layout of c10::BFloat16 / c10::Half,
+// so the binding passes torch's buffers straight through.
+struct bfloat16_t {
+  std::uint16_t bits;
+};
+struct float16_t {
+  std::uint16_t bits;
+};
+
+inline float bits_to_float(std::uint32_t bits) {
+  float value;
+  std::memcpy(&value, &bits, sizeof(value));
+  return value;
+}
+inline std::uint32_t float_to_bits(float value) {
+  std::uint32_t bits;
+  std::memcpy(&bits, &value, sizeof(bits));
+  return bits;
+}
+
+// Round to nearest even (what torch does); NaN stays a quiet NaN.
+inline bfloat16_t float_to_bfloat16(float value) {
+  const std::uint32_t bits = float_to_bits(value);
+  if (value != value) return bfloat16_t{static_cast<std::uint16_t>((bits >> 16) | 0x0040u)};
+  const std::uint32_t rounding = 0x7FFFu + ((bits >> 16) & 1u);
+  return bfloat16_t{static_cast<std::uint16_t>((bits + rounding) >> 16)};
+}
+inline float bfloat16_to_float(bfloat16_t value) {
+  return bits_to_float(static_cast<std::uint32_t>(value.bits) << 16);
+}
+
+// IEEE binary16 <-> binary32, round to nearest even, subnormals, infinities and NaN included.
+inline float float16_to_float(float16_t value) {
+  const std::uint32_t sign = static_cast<std::uint32_t>(value.bits & 0x8000u) << 16;
+  const std::uint32_t exponent = (value.bits >> 10) & 0x1Fu;
+  const std::uint32_t mantissa = value.bits & 0x3FFu;
+  if (exponent == 0x1Fu) return bits_to_float(sign | 0x7F800000u | (mantissa << 13));
+  if (exponent != 0) return bits_to_float(sign | ((exponent + 112u) << 23) | (mantissa << 13));
+  // zero or subnormal: mantissa * 2^-24, exact in float
+  const float magnitude = static_cast<float>(mantissa) * 5.9604644775390625e-08f;
+  return sign ? -magnitude : magnitude;
+}
+inline float16_t float_to_float16(float value) {
+  const std::uint32_t bits = float_to_bits(value);
+  const std::uint16_t sign = static_cast<std::uint16_t>((bits >> 16) & 0x8000u);
+  const std::uint32_t abs_bits = bits & 0x7FFFFFFFu;
+  if (abs_bits >= 0x7F800000u) {  // inf or NaN
+    const std::uint16_t payload = abs_bits > 0x7F800000u ? 0x0200u : 0u;
+    return float16_t{static_cast<std::uint16_t>(sign | 0x7C00u | payload)};
+  }
+  if (abs_bits >= 0x477FF000u) return float16_t{static_cast<std::uint16_t>(sign | 0x7C00u)};  // rounds to inf
+  if (abs_bits < 0x38800000u) {  // below the smallest normal half: subnormal or zero
+    // value / 2^-24, rounded to nearest even by the float addition of 0.5-ulp magic.
+    const float scaled = bits_to_float(abs_bits) * 16777216.0f;  // exact (power of two)
+    const float rounded = (scaled + 8388608.0f) - 8388608.0f;    // nearest even integer
+    return float16_t{static_cast<std::uint16_t>(sign | static_cast<std::uint16_t>(rounded))};
+  }
+  // normal: rebias exponent, round mantissa from 23 to 10 bits (nearest even)
+  const std::uint32_t rounding = 0xFFFu + ((abs_bits >> 13) & 1u);
+  const std::uint32_t half_bits = ((abs_bits + rounding) >> 13) - (112u << 10);
+  return float16_t{static_cast<std::uint16_t>(sign | half_bits)};
+}
+
+template <class Storage>
+struct storage_traits;
+template <>
+struct storage_traits<float> {
+  using compute = float;
+  static float load(float v) { return v; }
+  static float store(float v) { return v; }
+};
+template <>
+struct storage_traits<double> {
+  using compute = double;
+  static double load(double v) { return v; }
+  static double store(double v) { return v; }
+};
+template <>
+struct storage_traits<bfloat16_t> {
+  using compute = float;
+  static float load(bfloat16_t v) { return bfloat16_to_float(v); }
+  static bfloat16_t store(float v) { return float_to_bfloat16(v); }
+};
+template <>
+struct storage_traits<float16_t> {
+  using compute = float;
+  static float load(float16_t v) { return float16_to_float(v); }
+  static float16_t store(float v) { return float_to_float16(v); }
+};
+
+// The accumulation type for a storage type: float, or double for double.
+template <class Storage>
+using compute_t = typename storage_traits<Storage>::compute;
+
+// ---------------------------------------------------------------------------------------------
+// Tiling constants.
+constexpr int kTileRows = 64;   // source rows (u) per task tile
+constexpr int kTileCols = 64;   // target rows (v / w) per inner tile; S tiles are kTileRows x kTileCols
+constexpr int kLanes = 16;      // independent partial sums per row reduction (vectorisable, fixed order)
+constexpr int kMicroRows = DVE_MICRO_ROWS;  // rows per micro-kernel register block
+constexpr int kMicroVectors = 4;            // vectors per row of a register block
+static_assert(kTileRows % 4 == 0 && kTileCols % kLanes == 0, "tile sizes must fit the micro-kernels");
+
+template <class A>
+struct simd {
+  static constexpr int width = DVE_VECTOR_BYTES / static_cast<int>(sizeof(A));
+  // Unaligned, may-alias vector view of A[width]; the scratch buffers are plain std::vector.
+  typedef A vec __attribute__((vector_size(DVE_VECTOR_BYTES), aligned(sizeof(A)), may_alias));
+  static vec load(const A* p) { return *reinterpret_cast<const vec*>(p); }
+  static void store(A* p, vec v) { *reinterpret_cast<vec*>(p) = v; }
+  static vec broadcast(A x) { return vec{} + x; }
+};
+
+// Channels padded to a whole number of vectors, so the channel loops have no tail.
+template <class A>
+inline std::int64_t padded_channels(std::int64_t channels) {
+  const std::int64_t w = simd<A>::width;
+  return (channels + w - 1) / w * w;
+}
+inline int round_up(int value, int multiple) { return (value + multiple - 1) / multiple * multiple; }
+inline std::int64_t ceil_div(std::int64_t a, std::int64_t b) { return (a + b - 1) / b; }
+
+// ---------------------------------------------------------------------------------------------
+// exp for the softmax: branch-free so that row loops vectorise. float: Cephes-style range
+// reduction + degree-6 polynomial (about 1 ulp); exp(x) for x < -87.3 is flushed to 0 (it is
+// below FLT_MIN there), -inf gives exactly 0, NaN gives NaN. double: std::exp (the double path
+// is the accuracy reference, not the fast one).
+inline float fast_exp(float x) {
+  constexpr float lo = -87.3365f;
+  constexpr float hi = 88.3762f;
+  float xc = x >= lo ? x : lo;  // also maps NaN to lo; the NaN is restored at the end
+  xc = xc <= hi ? xc : hi;
+  const float n = (xc * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  // round to nearest
+  const float r = (xc - n * 0.693359375f) - n * -2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  const float poly = p * (r * r) + r + 1.0f;
+  const std::int32_t exponent = static_cast<std::int32_t>(n) + 127;  // n in [-126, 127]
+  const float two_n = bits_to_float(static_cast<std::uint32_t>(exponent) << 23);
+  float result = poly * two_n;
+  result = x < lo ? 0.0f : result;
+  result = x > hi ? std::numeric_limits<float>::infinity() : result;
+  return x != x ? x : result;
+}
+inline double fast_exp(double x) { return std::exp(x); }
+
+// ---------------------------------------------------------------------------------------------
+// Distances ||a - b||^pow from squared distances, with the common exponents special-cased.
+enum class PowMode { quarter_root, root, square, general };  // pow 0.5, 1, 2, other
+
+inline PowMode pow_mode(double pow) {
+  if (pow == 0.5) return PowMode::quarter_root;
+  if (pow == 1.0) return PowMode::root;
+  if (pow == 2.0) return PowMode::square;
+  return PowMode::general;
+}
+
+template <PowMode mode, class A>
+inline A distance_pow(A squared, A half_pow) {
+  if constexpr (mode == PowMode::quarter_root) {
+    return std::sqrt(std::sqrt(squared));
+  } else if constexpr (mode == PowMode::root) {
+    return std::sqrt(squared);
+  } else if constexpr (mode == PowMode::square) {
+    (void)half_pow;
+    return squared;
+  } else {
+    return std::pow(squared, half_pow);  // ||d||^pow = (||d||^2)^(pow/2)
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tile loading: convert a block of rows of a (rows x C) storage array to the compute type,
+// multiplied by `multiplier`, into scratch with zero padding.
+
+// dst: kTile x padded_channels rows; rows >= count and channels >= C are zero.
+template <class S, class A = compute_t<S>>
+inline void load_rows(A* dst, int tile, const S* src, int count, std::int64_t channels,
+                      std::int64_t padded, A multiplier) {
+  for (int r = 0; r < tile; ++r) {
+    A* out = dst + r * padded;
+    if (r < count) {
+      const S* in = src + r * channels;
+      for (std::int64_t c = 0; c < channels; ++c) out[c] = storage_traits<S>::load(in[c]) * multiplier;
+      for (std::int64_t c = channels; c < padded; ++c) out[c] = A(0);
+    } else {
+      for (std::int64_t c = 0; c < padded; ++c) out[c] = A(0);
+    }
+  }
+}
+
+// dst: channels x kTileCols (transposed); columns >= count are zero.
+template <class S, class A = compute_t<S>>
+inline void load_transposed(A* dst, const S* src, int count, std::int64_t channels, A multiplier) {
+  for (std::int64_t c = 0; c < channels; ++c) {
+    A* out = dst + c * kTileCols;
+    for (int k = count; k < kTileCols; ++k) out[k] = A(0);
+  }
+  for (int k = 0; k < count; ++k) {
+    const S* in = src + k * channels;
+    for (std::int64_t c = 0; c < channels; ++c) dst[c * kTileCols + k] = storage_traits<S>::load(in[c]) * multiplier;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Micro-kernel 1: S[r][k] = sum_{c < C} X[r][c] * KT[c][k] for r < rows (a multiple of
+// kMicroRows) and all kTileCols columns. X has row stride ldx; KT is C x kTileCols; S has row
+// stride kTileCols. Each (r, k) accumulates over c in increasing order, one FMA per step, so the
+// same inputs give the same logits in forward and backward.
+template <class A>
+inline void tile_logits(const A* X, std::int64_t ldx, const A* KT, std::int64_t channels, int rows, A* S) {
+  using V = simd<A>;
+  using vec = typename V::vec;
+  constexpr int W = V::width;
+  constexpr int block_cols = W * kMicroVectors;
+  static_assert(kTileCols % block_cols == 0, "kTileCols must be a multiple of the register block");
+  for (int r0 = 0; r0 < rows; r0 += kMicroRows) {
+    for (int k0 = 0; k0 < kTileCols; k0 += block_cols) {
+      vec acc[kMicroRows][kMicroVectors];
+      for (int i = 0; i < kMicroRows; ++i)
+        for (int j = 0; j < kMicroVectors; ++j) acc[i][j] = vec{};
+      const A* kt = KT + k0;
+      for (std::int64_t c = 0; c < channels; ++c, kt += kTileCols) {
+        vec b[kMicroVectors];
+        for (int j = 0; j < kMicroVectors; ++j) b[j] = V::load(kt + j * W);
+        for (int i = 0; i < kMicroRows; ++i) {
+          const vec a = V::broadcast(X[(r0 + i) * ldx + c]);
+          for (int j = 0; j < kMicroVectors; ++j) acc[i][j] += a * b[j];
+        }
+      }
+      for (int i = 0; i < kMicroRows; ++i)
+        for (int j = 0; j < kMicroVectors; ++j) V::store(S + (r0 + i) * kTileCols + k0 + j * W, acc[i][j]);
+    }
+  }
+}
+
+// Micro-kernel 2: Out[i][:] += sum_{j < count} coef[i * coef_row + j * coef_col] * Y[j][:]
+// for i < rows (a multiple of kMicroRows), vectorised over the padded channels. Out and Y have
+// row stride `padded`. Called with (coef_row, coef_col) = (kTileCols, 1) for P @ Y and with
+// (1, kTileCols) for P^T @ Y. Each output element sums over j in increasing order.
+template <class A, int NV>
+inline void accumulate_block(A* Out, const A* coef, int coef_row, int coef_col, const A* Y, int count,
+                             std::int64_t padded, int r0, std::int64_t c0) {
+  using V = simd<A>;
+  using vec = typename V::vec;
+  constexpr int W = V::width;
+  vec acc[kMicroRows][NV];
+  for (int i = 0; i < kMicroRows; ++i)
+    for (int v = 0; v < NV; ++v) acc[i][v] = V::load(Out + (r0 + i) * padded + c0 + v * W);
+  for (int j = 0; j < count; ++j) {
+    vec y[NV];
+    for (int v = 0; v < NV; ++v) y[v] = V::load(Y + j * padded + c0 + v * W);
+    for (int i = 0; i < kMicroRows; ++i) {
+      const vec a = V::broadcast(coef[(r0 + i) * coef_row + j * coef_col]);
+      for (int v = 0; v < NV; ++v) acc[i][v] += a * y[v];
+    }
+  }
+  for (int i = 0; i < kMicroRows; ++i)
+    for (int v = 0; v < NV; ++v) V::store(Out + (r0 + i) * padded + c0 + v * W, acc[i][v]);
+}
+
+template <class A>
+inline void accumulate_rows(A* Out, const A* coef, int coef_row, int coef_col, int rows, const A* Y, int count,
+                            std::int64_t padded) {
+  constexpr int W = simd<A>::width;
+  constexpr std::int64_t chunk = W * kMicroVectors;
+  for (int r0 = 0; r0 < rows; r0 += kMicroRows) {
+    std::int64_t c0 = 0;
+    for (; c0 + chunk <= padded; c0 += chunk)
+      accumulate_block<A, kMicroVectors>(Out, coef, coef_row, coef_col, Y, count, padded, r0, c0);
+    switch ((padded - c0) / W) {  // 0..kMicroVectors-1 vectors left
+      case 3: accumulate_block<A, 3>(Out, coef, coef_row, coef_col, Y, count, padded, r0, c0); break;
+      case 2: accumulate_block<A, 2>(Out, coef, coef_row, coef_col, Y, count, padded, r0, c0); break;
+      case 1: accumulate_block<A, 1>(Out, coef, coef_row, coef_col, Y, count, padded, r0, c0); break;
+      default: break;
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Row reductions over one kTileCols row with kLanes independent partial results, combined in a
+// fixed order (vectorisable without -ffast-math, and identical on every run).
+template <class A>
+inline A row_max(const A* row) {
+  A lanes[kLanes];
+  for (int l = 0; l < kLanes; ++l) lanes[l] = row[l];
+  for (int k0 = kLanes; k0 < kTileCols; k0 += kLanes)
+    for (int l = 0; l < kLanes; ++l) lanes[l] = row[k0 + l] > lanes[l] ? row[k0 + l] : lanes[l];
+  A result = lanes[0];
+  for (int l = 1; l < kLanes; ++l) result = lanes[l] > result ? lanes[l] : result;
+  return result;
+}
+
+template <class A>
+inline A lane_total(const A* lanes) {
+  A result = lanes[0];
+  for (int l = 1; l < kLanes; ++l) result += lanes[l];
+  return result;
+}
+
+// Threads for a parallel region: the caller's request, or OpenMP's default.
+inline int resolve_threads(int requested) {
+#ifdef _OPENMP
+  return requested > 0 ? requested : omp_get_max_threads();
+#else
+  (void)requested;
+  return 1;
+#endif
+}
+
+// Number of fixed source chunks of the backward passes (each chunk owns a private copy of the
+// target-side gradient, summed in chunk order at the end). It depends only on the shapes, never on
+// the thread count, so gradients are bitwise identical for any number of threads; the bound keeps
+// the workspace at O((B + 8) * M * C).
+inline std::int64_t backward_chunks(std::int64_t batch, std::int64_t source_tiles) {
+  const std::int64_t wanted = ceil_div(8, batch);
+  return std::max<std::int64_t>(1, std::min(wanted, source_tiles));
+}
+
+}  // namespace DVE_ISA_NS
+}  // namespace dve

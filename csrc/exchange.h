@@ -1,0 +1,188 @@
+// Descriptor Vector Exchange reconstruction (paper eq. 5), fused forward and backward.
+//
+//   out_u = sum_w p_uw aux_w,   p_uw = softmax_w(scale * <query_u, aux_w>)
+//
+// aux is keys and values at once: softmax attention with K = V = aux. Shapes: query (B, N, C),
+// aux (B, M, C), out (B, N, C), lse (B, N) = log sum_w exp(logit_uw) (saved for the backward).
+//
+// Forward: one task per (batch, tile of kTileRows queries); online softmax over tiles of
+// kTileCols aux rows (running max m, running sum l, rescaled accumulator), no N x M buffer.
+//
+// Backward (flash-attention-2 style recomputation from lse), with D_u = <dO_u, out_u>:
+//   dlogit_uw = p_uw (<dO_u, aux_w> - D_u)
+//   grad_query_u = scale * sum_w dlogit_uw aux_w
+//   grad_aux_w   = scale * sum_u dlogit_uw query_u  +  sum_u p_uw dO_u        (key + value roles)
+// One pass over all (u, w) pairs: tasks are (batch, fixed chunk of query tiles); each chunk adds
+// its grad_aux contribution into a private workspace, and the chunks are summed in chunk order at
+// the end. No atomics, no order that depends on the threads.
+#pragma once
+
+#include "common.h"
+
+namespace dve {
+inline namespace DVE_ISA_NS {
+
+template <class S>
+void exchange_forward(const S* query, const S* aux, S* out, compute_t<S>* lse, std::int64_t batch,
+                      std::int64_t n_query, std::int64_t n_aux, std::int64_t channels, double scale,
+                      int num_threads = 0) {
+  using A = compute_t<S>;
+  const std::int64_t padded = padded_channels<A>(channels);
+  const std::int64_t query_tiles = ceil_div(n_query, kTileRows);
+  const std::int64_t tasks = batch * query_tiles;
+  const A scale_a = static_cast<A>(scale);
+
+#pragma omp parallel for schedule(dynamic, 1) num_threads(resolve_threads(num_threads))
+  for (std::int64_t task = 0; task < tasks; ++task) {
+    const std::int64_t b = task / query_tiles;
+    const std::int64_t u0 = (task % query_tiles) * kTileRows;
+    const int nu = static_cast<int>(std::min<std::int64_t>(kTileRows, n_query - u0));
+    const int rows = round_up(nu, kMicroRows);
+    const S* aux_b = aux + b * n_aux * channels;
+
+    std::vector<A> q_tile(kTileRows * padded), acc(kTileRows * padded, A(0));
+    std::vector<A> aux_rows(kTileCols * padded), aux_t(channels * kTileCols), logits(kTileRows * kTileCols);
+    A running_max[kTileRows], running_sum[kTileRows];
+    for (int r = 0; r < kTileRows; ++r) {
+      running_max[r] = -std::numeric_limits<A>::infinity();
+      running_sum[r] = A(0);
+    }
+    // The scale is folded into the queries: logit = <scale * q_u, aux_w>.
+    load_rows(q_tile.data(), kTileRows, query + (b * n_query + u0) * channels, nu, channels, padded, scale_a);
+
+    for (std::int64_t v0 = 0; v0 < n_aux; v0 += kTileCols) {
+      const int nv = static_cast<int>(std::min<std::int64_t>(kTileCols, n_aux - v0));
+      load_rows(aux_rows.data(), kTileCols, aux_b + v0 * channels, nv, channels, padded, A(1));
+      load_transposed(aux_t.data(), aux_b + v0 * channels, nv, channels, A(1));
+      tile_logits(q_tile.data(), padded, aux_t.data(), channels, rows, logits.data());
+
+      for (int r = 0; r < nu; ++r) {
+        A* row = logits.data() + r * kTileCols;
+        for (int k = nv; k < kTileCols; ++k) row[k] = -std::numeric_limits<A>::infinity();
+        const A tile_max = row_max(row);
+        const A new_max = tile_max > running_max[r] ? tile_max : running_max[r];
+        const A rescale = fast_exp(running_max[r] - new_max);
+        A lanes[kLanes] = {};
+        for (int k0 = 0; k0 < kTileCols; k0 += kLanes)
+          for (int l = 0; l < kLanes; ++l) {
+            const A p = fast_exp(row[k0 + l] - new_max);
+            row[k0 + l] = p;
+            lanes[l] += p;
+          }
+        running_sum[r] = running_sum[r] * rescale + lane_total(lanes);
+        running_max[r] = new_max;
+        A* acc_row = acc.data() + r * padded;
+        for (std::int64_t c = 0; c < padded; ++c) acc_row[c] *= rescale;
+      }
+      // acc += P @ aux_rows (P overwrote the logits; padded rows of P are 0 * finite = 0).
+      accumulate_rows(acc.data(), logits.data(), kTileCols, 1, rows, aux_rows.data(), nv, padded);
+    }
+
+    for (int r = 0; r < nu; ++r) {
+      const A inv = A(1) / running_sum[r];
+      const A* acc_row = acc.data() + r * padded;
+      S* out_row = out + (b * n_query + u0 + r) * channels;
+      for (std::int64_t c = 0; c < channels; ++c) out_row[c] = storage_traits<S>::store(acc_row[c] * inv);
+      lse[b * n_query + u0 + r] = running_max[r] + std::log(running_sum[r]);
+    }
+  }
+}
+
+template <class S>
+void exchange_backward(const S* grad_out, const S* query, const S* aux, const S* out, const compute_t<S>* lse,
+                       S* grad_query, S* grad_aux, std::int64_t batch, std::int64_t n_query, std::int64_t n_aux,
+                       std::int64_t channels, double scale, int num_threads = 0) {
+  using A = compute_t<S>;
+  const std::int64_t padded = padded_channels<A>(channels);
+  const std::int64_t query_tiles = ceil_div(n_query, kTileRows);
+  const std::int64_t aux_tiles = ceil_div(n_aux, kTileCols);
+  const std::int64_t aux_rows_padded = aux_tiles * kTileCols;
+  const std::int64_t chunks = backward_chunks(batch, query_tiles);
+  const std::int64_t tasks = batch * chunks;
+  const A scale_a = static_cast<A>(scale);
+  const int threads = resolve_threads(num_threads);
+
+  // grad_aux partial sums, one per (chunk, batch): O(chunks * B * M * C), never N x M.
+  std::vector<A> partial(static_cast<std::size_t>(chunks * batch * aux_rows_padded * padded), A(0));
+
+#pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
+  for (std::int64_t task = 0; task < tasks; ++task) {
+    const std::int64_t b = task / chunks;
+    const std::int64_t chunk = task % chunks;
+    const std::int64_t tile_begin = chunk * query_tiles / chunks;
+    const std::int64_t tile_end = (chunk + 1) * query_tiles / chunks;
+    const S* aux_b = aux + b * n_aux * channels;
+    A* grad_aux_part = partial.data() + (chunk * batch + b) * aux_rows_padded * padded;
+
+    std::vector<A> q_tile(kTileRows * padded), dout_tile(kTileRows * padded), grad_q(kTileRows * padded);
+    std::vector<A> aux_rows(kTileCols * padded), aux_t(channels * kTileCols);
+    std::vector<A> prob(kTileRows * kTileCols), dlogit(kTileRows * kTileCols);
+    A delta[kTileRows], row_lse[kTileRows];
+
+    for (std::int64_t tile = tile_begin; tile < tile_end; ++tile) {
+      const std::int64_t u0 = tile * kTileRows;
+      const int nu = static_cast<int>(std::min<std::int64_t>(kTileRows, n_query - u0));
+      const int rows = round_up(nu, kMicroRows);
+      const std::int64_t row0 = b * n_query + u0;
+      load_rows(q_tile.data(), kTileRows, query + row0 * channels, nu, channels, padded, scale_a);
+      load_rows(dout_tile.data(), kTileRows, grad_out + row0 * channels, nu, channels, padded, A(1));
+      std::fill(grad_q.begin(), grad_q.end(), A(0));
+      for (int r = 0; r < nu; ++r) {
+        A d = A(0);
+        const S* out_row = out + (row0 + r) * channels;
+        const A* dout_row = dout_tile.data() + r * padded;
+        for (std::int64_t c = 0; c < channels; ++c) d += dout_row[c] * storage_traits<S>::load(out_row[c]);
+        delta[r] = d;
+        row_lse[r] = lse[row0 + r];
+      }
+
+      for (std::int64_t v0 = 0; v0 < n_aux; v0 += kTileCols) {
+        const int nv = static_cast<int>(std::min<std::int64_t>(kTileCols, n_aux - v0));
+        const int aux_rows_count = round_up(nv, kMicroRows);
+        load_rows(aux_rows.data(), kTileCols, aux_b + v0 * channels, nv, channels, padded, A(1));
+        load_transposed(aux_t.data(), aux_b + v0 * channels, nv, channels, A(1));
+        tile_logits(q_tile.data(), padded, aux_t.data(), channels, rows, prob.data());      // logits
+        tile_logits(dout_tile.data(), padded, aux_t.data(), channels, rows, dlogit.data());  // <dO_u, aux_w>
+        for (int r = 0; r < nu; ++r) {
+          A* p_row = prob.data() + r * kTileCols;
+          A* d_row = dlogit.data() + r * kTileCols;
+          for (int k = 0; k < kTileCols; ++k) {
+            const A p = k < nv ? fast_exp(p_row[k] - row_lse[r]) : A(0);
+            p_row[k] = p;
+            d_row[k] = p * (d_row[k] - delta[r]);
+          }
+        }
+        // grad_q += dlogit @ aux;  grad_aux += dlogit^T @ (scale q) + P^T @ dO
+        accumulate_rows(grad_q.data(), dlogit.data(), kTileCols, 1, rows, aux_rows.data(), nv, padded);
+        A* grad_aux_rows = grad_aux_part + v0 * padded;
+        accumulate_rows(grad_aux_rows, dlogit.data(), 1, kTileCols, aux_rows_count, q_tile.data(), nu, padded);
+        accumulate_rows(grad_aux_rows, prob.data(), 1, kTileCols, aux_rows_count, dout_tile.data(), nu, padded);
+      }
+
+      for (int r = 0; r < nu; ++r) {
+        const A* g = grad_q.data() + r * padded;
+        S* dst = grad_query + (row0 + r) * channels;
+        for (std::int64_t c = 0; c < channels; ++c) dst[c] = storage_traits<S>::store(g[c] * scale_a);
+      }
+    }
+  }
+
+  // grad_aux = sum over chunks, in chunk order.
+  const std::int64_t total_rows = batch * n_aux;
+#pragma omp parallel for schedule(static) num_threads(threads)
+  for (std::int64_t index = 0; index < total_rows; ++index) {
+    const std::int64_t b = index / n_aux;
+    const std::int64_t w = index % n_aux;
+    S* dst = grad_aux + index * channels;
+    const A* first = partial.data() + (b * aux_rows_padded + w) * padded;
+    for (std::int64_t c = 0; c < channels; ++c) {
+      A total = first[c];
+      for (std::int64_t chunk = 1; chunk < chunks; ++chunk)
+        total += partial[((chunk * batch + b) * aux_rows_padded + w) * padded + c];
+      dst[c] = storage_traits<S>::store(total);
+    }
+  }
+}
+
+}  // namespace DVE_ISA_NS
+}  // namespace dve

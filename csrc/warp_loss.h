@@ -1,0 +1,245 @@
+// Warp loss rows (paper eq. 3), fused forward and backward.
+//
+//   rows_u = sum_v p(v|u) * ||src_xy_u - tgt_xy_v||^pow,   p(v|u) = softmax_v(scale * <src_u, tgt_v>)
+//
+// Shapes: src (B, N, C), tgt (B, M, C), src_xy (B, N, 2), tgt_xy (B, M, 2) in pixels (compute type,
+// no gradient), rows (B, N) and lse (B, N) in the compute type. Distances are computed from the
+// coordinates in registers, never stored.
+//
+// Backward, with g_u = grad_rows_u and d_uv the distance term:
+//   dlogit_uv = p_uv (d_uv - rows_u) g_u
+//   grad_src_u = scale * sum_v dlogit_uv tgt_v,   grad_tgt_v = scale * sum_u dlogit_uv src_u
+// One pass over all (u, v) pairs, tasks = (batch, fixed chunk of source tiles), grad_tgt summed
+// over chunks in chunk order (see exchange.h: deterministic, no atomics).
+#pragma once
+
+#include "common.h"
+
+namespace dve {
+inline namespace DVE_ISA_NS {
+
+namespace detail {
+
+// Distances of one source point to the kTileCols target points of a tile (columns >= count: 0).
+template <PowMode mode, class A>
+inline void distance_row(A sx, A sy, const A* tx, const A* ty, A half_pow, A* dist) {
+  for (int k = 0; k < kTileCols; ++k) {
+    const A dx = sx - tx[k];
+    const A dy = sy - ty[k];
+    dist[k] = distance_pow<mode>(dx * dx + dy * dy, half_pow);
+  }
+}
+
+// Target coordinates of a tile, split into x and y arrays (padding: copies of the last point, so
+// the padded distances stay finite; their probabilities are exactly 0).
+template <class A>
+inline void load_coordinates(const A* xy, int count, A* tx, A* ty) {
+  for (int k = 0; k < kTileCols; ++k) {
+    const int from = k < count ? k : count - 1;
+    tx[k] = xy[2 * from];
+    ty[k] = xy[2 * from + 1];
+  }
+}
+
+template <PowMode mode, class S>
+void warp_loss_forward_impl(const S* src, const S* tgt, const compute_t<S>* src_xy, const compute_t<S>* tgt_xy,
+                            compute_t<S>* rows_out, compute_t<S>* lse, std::int64_t batch, std::int64_t n_src,
+                            std::int64_t n_tgt, std::int64_t channels, double pow, double scale, int num_threads) {
+  using A = compute_t<S>;
+  const std::int64_t padded = padded_channels<A>(channels);
+  const std::int64_t src_tiles = ceil_div(n_src, kTileRows);
+  const std::int64_t tasks = batch * src_tiles;
+  const A scale_a = static_cast<A>(scale);
+  const A half_pow = static_cast<A>(pow / 2);
+
+#pragma omp parallel for schedule(dynamic, 1) num_threads(resolve_threads(num_threads))
+  for (std::int64_t task = 0; task < tasks; ++task) {
+    const std::int64_t b = task / src_tiles;
+    const std::int64_t u0 = (task % src_tiles) * kTileRows;
+    const int nu = static_cast<int>(std::min<std::int64_t>(kTileRows, n_src - u0));
+    const int rows = round_up(nu, kMicroRows);
+    const std::int64_t row0 = b * n_src + u0;
+    const S* tgt_b = tgt + b * n_tgt * channels;
+    const A* tgt_xy_b = tgt_xy + b * n_tgt * 2;
+
+    std::vector<A> src_tile(kTileRows * padded), tgt_t(channels * kTileCols), logits(kTileRows * kTileCols);
+    A running_max[kTileRows], running_sum[kTileRows], running_dist[kTileRows];
+    A tx[kTileCols], ty[kTileCols], dist[kTileCols];
+    for (int r = 0; r < kTileRows; ++r) {
+      running_max[r] = -std::numeric_limits<A>::infinity();
+      running_sum[r] = A(0);
+      running_dist[r] = A(0);
+    }
+    load_rows(src_tile.data(), kTileRows, src + row0 * channels, nu, channels, padded, scale_a);
+
+    for (std::int64_t v0 = 0; v0 < n_tgt; v0 += kTileCols) {
+      const int nv = static_cast<int>(std::min<std::int64_t>(kTileCols, n_tgt - v0));
+      load_transposed(tgt_t.data(), tgt_b + v0 * channels, nv, channels, A(1));
+      load_coordinates(tgt_xy_b + 2 * v0, nv, tx, ty);
+      tile_logits(src_tile.data(), padded, tgt_t.data(), channels, rows, logits.data());
+
+      for (int r = 0; r < nu; ++r) {
+        A* row = logits.data() + r * kTileCols;
+        for (int k = nv; k < kTileCols; ++k) row[k] = -std::numeric_limits<A>::infinity();
+        distance_row<mode>(src_xy[2 * (row0 + r)], src_xy[2 * (row0 + r) + 1], tx, ty, half_pow, dist);
+        const A tile_max = row_max(row);
+        const A new_max = tile_max > running_max[r] ? tile_max : running_max[r];
+        const A rescale = fast_exp(running_max[r] - new_max);
+        A sum_lanes[kLanes] = {}, dist_lanes[kLanes] = {};
+        for (int k0 = 0; k0 < kTileCols; k0 += kLanes)
+          for (int l = 0; l < kLanes; ++l) {
+            const A p = fast_exp(row[k0 + l] - new_max);
+            sum_lanes[l] += p;
+            dist_lanes[l] += p * dist[k0 + l];
+          }
+        running_sum[r] = running_sum[r] * rescale + lane_total(sum_lanes);
+        running_dist[r] = running_dist[r] * rescale + lane_total(dist_lanes);
+        running_max[r] = new_max;
+      }
+    }
+    for (int r = 0; r < nu; ++r) {
+      rows_out[row0 + r] = running_dist[r] / running_sum[r];
+      lse[row0 + r] = running_max[r] + std::log(running_sum[r]);
+    }
+  }
+}
+
+template <PowMode mode, class S>
+void warp_loss_backward_impl(const compute_t<S>* grad_rows, const S* src, const S* tgt, const compute_t<S>* src_xy,
+                             const compute_t<S>* tgt_xy, const compute_t<S>* rows_in, const compute_t<S>* lse,
+                             S* grad_src, S* grad_tgt, std::int64_t batch, std::int64_t n_src, std::int64_t n_tgt,
+                             std::int64_t channels, double pow, double scale, int num_threads) {
+  using A = compute_t<S>;
+  const std::int64_t padded = padded_channels<A>(channels);
+  const std::int64_t src_tiles = ceil_div(n_src, kTileRows);
+  const std::int64_t tgt_tiles = ceil_div(n_tgt, kTileCols);
+  const std::int64_t tgt_rows_padded = tgt_tiles * kTileCols;
+  const std::int64_t chunks = backward_chunks(batch, src_tiles);
+  const std::int64_t tasks = batch * chunks;
+  const A scale_a = static_cast<A>(scale);
+  const A half_pow = static_cast<A>(pow / 2);
+  const int threads = resolve_threads(num_threads);
+
+  std::vector<A> partial(static_cast<std::size_t>(chunks * batch * tgt_rows_padded * padded), A(0));
+
+#pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
+  for (std::int64_t task = 0; task < tasks; ++task) {
+    const std::int64_t b = task / chunks;
+    const std::int64_t chunk = task % chunks;
+    const std::int64_t tile_begin = chunk * src_tiles / chunks;
+    const std::int64_t tile_end = (chunk + 1) * src_tiles / chunks;
+    const S* tgt_b = tgt + b * n_tgt * channels;
+    const A* tgt_xy_b = tgt_xy + b * n_tgt * 2;
+    A* grad_tgt_part = partial.data() + (chunk * batch + b) * tgt_rows_padded * padded;
+
+    std::vector<A> src_tile(kTileRows * padded), grad_s(kTileRows * padded);
+    std::vector<A> tgt_rows(kTileCols * padded), tgt_t(channels * kTileCols), dlogit(kTileRows * kTileCols);
+    A row_lse[kTileRows], row_value[kTileRows], row_grad[kTileRows];
+    A tx[kTileCols], ty[kTileCols], dist[kTileCols];
+
+    for (std::int64_t tile = tile_begin; tile < tile_end; ++tile) {
+      const std::int64_t u0 = tile * kTileRows;
+      const int nu = static_cast<int>(std::min<std::int64_t>(kTileRows, n_src - u0));
+      const int rows = round_up(nu, kMicroRows);
+      const std::int64_t row0 = b * n_src + u0;
+      load_rows(src_tile.data(), kTileRows, src + row0 * channels, nu, channels, padded, scale_a);
+      std::fill(grad_s.begin(), grad_s.end(), A(0));
+      for (int r = 0; r < nu; ++r) {
+        row_lse[r] = lse[row0 + r];
+        row_value[r] = rows_in[row0 + r];
+        row_grad[r] = grad_rows[row0 + r];
+      }
+
+      for (std::int64_t v0 = 0; v0 < n_tgt; v0 += kTileCols) {
+        const int nv = static_cast<int>(std::min<std::int64_t>(kTileCols, n_tgt - v0));
+        const int tgt_rows_count = round_up(nv, kMicroRows);
+        load_rows(tgt_rows.data(), kTileCols, tgt_b + v0 * channels, nv, channels, padded, A(1));
+        load_transposed(tgt_t.data(), tgt_b + v0 * channels, nv, channels, A(1));
+        load_coordinates(tgt_xy_b + 2 * v0, nv, tx, ty);
+        tile_logits(src_tile.data(), padded, tgt_t.data(), channels, rows, dlogit.data());
+        for (int r = 0; r < nu; ++r) {
+          A* row = dlogit.data() + r * kTileCols;
+          distance_row<mode>(src_xy[2 * (row0 + r)], src_xy[2 * (row0 + r) + 1], tx, ty, half_pow, dist);
+          for (int k = 0; k < kTileCols; ++k) {
+            const A p = k < nv ? fast_exp(row[k] - row_lse[r]) : A(0);
+            row[k] = p * (dist[k] - row_value[r]) * row_grad[r];
+          }
+        }
+        // grad_src += dlogit @ tgt;  grad_tgt += dlogit^T @ (scale src)
+        accumulate_rows(grad_s.data(), dlogit.data(), kTileCols, 1, rows, tgt_rows.data(), nv, padded);
+        accumulate_rows(grad_tgt_part + v0 * padded, dlogit.data(), 1, kTileCols, tgt_rows_count, src_tile.data(), nu,
+                        padded);
+      }
+
+      for (int r = 0; r < nu; ++r) {
+        const A* g = grad_s.data() + r * padded;
+        S* dst = grad_src + (row0 + r) * channels;
+        for (std::int64_t c = 0; c < channels; ++c) dst[c] = storage_traits<S>::store(g[c] * scale_a);
+      }
+    }
+  }
+
+  const std::int64_t total_rows = batch * n_tgt;
+#pragma omp parallel for schedule(static) num_threads(threads)
+  for (std::int64_t index = 0; index < total_rows; ++index) {
+    const std::int64_t b = index / n_tgt;
+    const std::int64_t v = index % n_tgt;
+    S* dst = grad_tgt + index * channels;
+    for (std::int64_t c = 0; c < channels; ++c) {
+      A total = partial[(b * tgt_rows_padded + v) * padded + c];
+      for (std::int64_t chunk = 1; chunk < chunks; ++chunk)
+        total += partial[((chunk * batch + b) * tgt_rows_padded + v) * padded + c];
+      dst[c] = storage_traits<S>::store(total);
+    }
+  }
+}
+
+}  // namespace detail
+
+template <class S>
+void warp_loss_forward(const S* src, const S* tgt, const compute_t<S>* src_xy, const compute_t<S>* tgt_xy,
+                       compute_t<S>* rows, compute_t<S>* lse, std::int64_t batch, std::int64_t n_src,
+                       std::int64_t n_tgt, std::int64_t channels, double pow, double scale, int num_threads = 0) {
+  switch (pow_mode(pow)) {
+    case PowMode::quarter_root:
+      return detail::warp_loss_forward_impl<PowMode::quarter_root>(src, tgt, src_xy, tgt_xy, rows, lse, batch, n_src,
+                                                                   n_tgt, channels, pow, scale, num_threads);
+    case PowMode::root:
+      return detail::warp_loss_forward_impl<PowMode::root>(src, tgt, src_xy, tgt_xy, rows, lse, batch, n_src, n_tgt,
+                                                           channels, pow, scale, num_threads);
+    case PowMode::square:
+      return detail::warp_loss_forward_impl<PowMode::square>(src, tgt, src_xy, tgt_xy, rows, lse, batch, n_src, n_tgt,
+                                                             channels, pow, scale, num_threads);
+    default:
+      return detail::warp_loss_forward_impl<PowMode::general>(src, tgt, src_xy, tgt_xy, rows, lse, batch, n_src,
+                                                              n_tgt, channels, pow, scale, num_threads);
+  }
+}
+
+template <class S>
+void warp_loss_backward(const compute_t<S>* grad_rows, const S* src, const S* tgt, const compute_t<S>* src_xy,
+                        const compute_t<S>* tgt_xy, const compute_t<S>* rows, const compute_t<S>* lse, S* grad_src,
+                        S* grad_tgt, std::int64_t batch, std::int64_t n_src, std::int64_t n_tgt, std::int64_t channels,
+                        double pow, double scale, int num_threads = 0) {
+  switch (pow_mode(pow)) {
+    case PowMode::quarter_root:
+      return detail::warp_loss_backward_impl<PowMode::quarter_root>(grad_rows, src, tgt, src_xy, tgt_xy, rows, lse,
+                                                                    grad_src, grad_tgt, batch, n_src, n_tgt, channels,
+                                                                    pow, scale, num_threads);
+    case PowMode::root:
+      return detail::warp_loss_backward_impl<PowMode::root>(grad_rows, src, tgt, src_xy, tgt_xy, rows, lse, grad_src,
+                                                            grad_tgt, batch, n_src, n_tgt, channels, pow, scale,
+                                                            num_threads);
+    case PowMode::square:
+      return detail::warp_loss_backward_impl<PowMode::square>(grad_rows, src, tgt, src_xy, tgt_xy, rows, lse, grad_src,
+                                                              grad_tgt, batch, n_src, n_tgt, channels, pow, scale,
+                                                              num_threads);
+    default:
+      return detail::warp_loss_backward_impl<PowMode::general>(grad_rows, src, tgt, src_xy, tgt_xy, rows, lse,
+                                                               grad_src, grad_tgt, batch, n_src, n_tgt, channels, pow,
+                                                               scale, num_threads);
+  }
+}
+
+}  // namespace DVE_ISA_NS
+}  // namespace dve
