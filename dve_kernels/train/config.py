@@ -61,7 +61,7 @@ class TrainConfig:
 PRESETS = {
     # Runs end to end (train, evaluate, draw) on a 2-core CPU in about ten minutes.
     "demo": dict(model="smallnet", model_width=0.5, embedding_dim=64, dataset="synthetic", imwidth=56, crop=8,
-                 train_count=2000, test_count=400, epochs=3, batch_size=16, lr=1e-3, lr_milestones=[0.8],
+                 train_count=2000, test_count=400, epochs=6, batch_size=16, lr=1e-3, lr_milestones=[0.8],
                  eval_pairs=200, regression_train=400, regression_test=200, regression_steps=400),
     # The paper's SmallNet: 100x100 images cropped to 70x70 -> 35x35 embeddings (configs/celeba/smallnet-64d-dve).
     "smallnet": dict(model="smallnet", embedding_dim=64, imwidth=100, crop=15, epochs=100, batch_size=32,
