@@ -42,9 +42,10 @@ def extension_modules():
     # (`#pragma GCC target`: generic, AVX2+FMA, AVX-512) and bindings.cpp picks one at run time, so one
     # binary runs anywhere and still uses FMA/AVX-512 where the CPU has them. -ffp-contract=fast: the
     # ISO -std=c++NN mode would otherwise forbid fusing a*b+c into one FMA in the micro-kernels;
-    # -fno-math-errno: lets sqrt vectorise (the kernels never read errno). No -std here: torch's
+    # -fno-math-errno, -fno-trapping-math: let sqrt and the branch-free exp / selects of the softmax
+    # rows vectorise (the kernels never read errno or FP exception flags). No -std here: torch's
     # cpp_extension picks the standard its headers need (C++20 for torch 2.13); csrc/ is plain C++17.
-    extra_compile_args = ["-O3", "-fopenmp", "-ffp-contract=fast", "-fno-math-errno"]
+    extra_compile_args = ["-O3", "-fopenmp", "-ffp-contract=fast", "-fno-math-errno", "-fno-trapping-math"]
     extension = CppExtension(
         name="dve_kernels._C",
         sources=sources,

@@ -173,7 +173,7 @@ struct simd {
   typedef A vec __attribute__((vector_size(DVE_VECTOR_BYTES), aligned(sizeof(A)), may_alias));
   static vec load(const A* p) { return *reinterpret_cast<const vec*>(p); }
   static void store(A* p, vec v) { *reinterpret_cast<vec*>(p) = v; }
-  static vec broadcast(A x) { return vec{} + x; }
+  static vec broadcast(A x) { return x - vec{}; }  // x - 0 == x exactly; folds to a broadcast
 };
 
 // Channels padded to a whole number of vectors, so the channel loops have no tail.
