@@ -1,0 +1,118 @@
+"""Ahead-of-time compilation of every kernel specialisation, on a machine with no GPU.
+
+``python -m dve_kernels.ops._aot --arch 80 [--arch 90] [--filter SUBSTRING]`` compiles each entry of
+:func:`dve_kernels.ops.kernel_specializations` with ``triton.compile`` for a CUDA target, runs the
+``ptxas`` shipped with Triton with ``-v`` on the PTX, and prints one JSON line per kernel:
+name, arch, registers, spill stores/loads (bytes), shared memory (bytes), compile seconds, error.
+
+Runs in its own process because ``TRITON_INTERPRET=1`` (which the CPU tests need) turns
+``@triton.jit`` kernels into interpreted functions that cannot be compiled; this module refuses to run
+with the interpreter on. Works with the ``ASTSource(fn, signature, constexprs)`` API of Triton 3.3+
+(3.6 and 3.9 are what the project uses): signatures name every argument, constexprs typed "constexpr".
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+
+# shared memory per block an architecture allows (opt-in maximum), bytes
+SHARED_MEMORY_LIMIT = {80: 164 * 1024, 90: 227 * 1024}
+PTXAS_ARCH = {80: "sm_80", 90: "sm_90a"}
+
+
+def _ptxas(arch: int) -> str:
+    """The ptxas Triton itself uses for this arch (3.9 uses its newer "ptxas-blackwell" from sm_90 on)."""
+    try:
+        from triton.backends.nvidia.compiler import get_ptxas  # noqa: PLC0415
+
+        return get_ptxas(arch).path
+    except (ImportError, AttributeError, TypeError):
+        pass
+    try:
+        from triton import knobs  # noqa: PLC0415
+
+        return knobs.nvidia.ptxas.path
+    except (ImportError, AttributeError):
+        import triton  # noqa: PLC0415
+
+        return os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
+
+
+def ptxas_report(ptx: str, arch: int) -> dict:
+    """Registers and spill bytes that ``ptxas -v`` reports for one kernel's PTX."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "kernel.ptx")
+        with open(path, "w") as handle:
+            handle.write(ptx)
+        result = subprocess.run([_ptxas(arch), "-v", f"-arch={PTXAS_ARCH[arch]}", path, "-o", os.path.join(tmp, "k.o")],
+                                capture_output=True, text=True, check=True)
+    text = result.stderr + result.stdout
+    stores = re.search(r"(\d+) bytes spill stores", text)
+    loads = re.search(r"(\d+) bytes spill loads", text)
+    registers = re.search(r"Used (\d+) registers", text)
+    return {
+        "registers": int(registers.group(1)) if registers else None,
+        "spill_stores": int(stores.group(1)) if stores else None,
+        "spill_loads": int(loads.group(1)) if loads else None,
+    }
+
+
+def compile_specialization(spec, arch: int) -> dict:
+    """Compile one Specialization for ``sm_<arch>``; returns the figures the AOT test checks."""
+    import triton  # noqa: PLC0415
+    from triton.backends.compiler import GPUTarget  # noqa: PLC0415
+    from triton.compiler import ASTSource  # noqa: PLC0415
+
+    start = time.perf_counter()
+    # the runtime sees torch allocations 16-byte aligned and specialises on it: compile the same variant
+    attrs = {(spec.kernel.arg_names.index(name),): [["tt.divisibility", 16]] for name in spec.pointer_args}
+    source = ASTSource(fn=spec.kernel, signature=spec.signature, constexprs=spec.constexprs, attrs=attrs)
+    compiled = triton.compile(source, target=GPUTarget("cuda", arch, 32),
+                              options={"num_warps": spec.num_warps, "num_stages": spec.num_stages})
+    report = ptxas_report(compiled.asm["ptx"], arch)
+    report.update(name=spec.name, arch=arch, shared=compiled.metadata.shared, num_warps=spec.num_warps,
+                  num_stages=spec.num_stages, shared_limit=SHARED_MEMORY_LIMIT[arch],
+                  seconds=round(time.perf_counter() - start, 2))
+    return report
+
+
+def _worker(args) -> dict:
+    index, arch = args
+    from dve_kernels.ops import kernel_specializations  # noqa: PLC0415
+
+    spec = kernel_specializations()[index]
+    try:
+        return compile_specialization(spec, arch)
+    except Exception as error:  # reported, and the test fails on it
+        return {"name": spec.name, "arch": arch, "error": f"{type(error).__name__}: {error}"[:2000]}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--arch", type=int, action="append", choices=sorted(SHARED_MEMORY_LIMIT))
+    parser.add_argument("--filter", default="", help="compile only names containing this")
+    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
+    args = parser.parse_args(argv)
+    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+        print("unset TRITON_INTERPRET: interpreted kernels cannot be compiled", file=sys.stderr)
+        return 2
+    from dve_kernels.ops import kernel_specializations  # noqa: PLC0415
+
+    specs = kernel_specializations()
+    work = [(i, arch) for arch in (args.arch or [80, 90]) for i, spec in enumerate(specs) if args.filter in spec.name]
+    with ProcessPoolExecutor(max_workers=args.jobs) as pool:
+        for report in pool.map(_worker, work):
+            print(json.dumps(report), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,342 @@
+"""Exchange reconstruction (paper eq. 5) as fused Triton kernels: softmax attention with keys = values.
+
+``out_u = sum_w softmax_w(scale · <query_u, aux_w>) · aux_w`` for query ``(B, N, C)`` and aux ``(B, M, C)``.
+
+Forward: FlashAttention-style online softmax over aux tiles; saves the per-row log-sum-exp (base 2).
+Backward (FlashAttention-2 structure, deterministic, no atomics, nothing of size N x M):
+one kernel per query tile computes ``D_u = sum_w P_uw <dO_u, aux_w>`` and d query iterating over aux tiles;
+one kernel per aux tile computes d aux (value role ``P^T dO`` plus key role ``scale · dS^T Q``)
+iterating over query tiles, with probabilities recomputed from the saved log-sum-exp.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ._common import (
+    CHANNEL_PADS,
+    FEATURE_DTYPES,
+    _join_scalar,
+    _postscale,
+    _prescale,
+    accumulator_dtype,
+    channel_pad,
+    check_runnable,
+    launch_config,
+    log2_scale,
+    make_specialization,
+    split_scalar,
+    triton_type,
+)
+
+# The softmax statistics of the forward, handed to the backward: float32 (float64 for float64 features).
+LSE_DOC = "log2-sum-exp2 of scale·log2(e)·<query_u, aux_w> over w, i.e. the natural log-sum-exp / ln 2"
+
+
+# ----------------------------------------------------------------------------------------------- kernels
+
+
+@triton.jit(do_not_specialize=["N", "M", "C"])
+def _exchange_fwd_kernel(
+    Query, Aux, Out, Lse,
+    N, M, C,
+    SCALE_LOG2E_HI, SCALE_LOG2E_LO,
+    C_PAD: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, IS_FP64: tl.constexpr,
+):
+    pid_n = tl.program_id(0)
+    batch = tl.program_id(1).to(tl.int64)  # int64: batch * N * C can pass 2^31
+    acc_dtype: tl.constexpr = tl.float64 if IS_FP64 else tl.float32
+    scale_log2e = _join_scalar(SCALE_LOG2E_HI, SCALE_LOG2E_LO, IS_FP64)
+
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_c = tl.arange(0, C_PAD)
+    mask_n = offs_n < N
+    mask_c = offs_c < C  # channels past C read as 0: they add nothing to any dot product
+    query = tl.load(Query + batch * N * C + offs_n[:, None] * C + offs_c[None, :],
+                    mask=mask_n[:, None] & mask_c[None, :], other=0.0)
+    query = _prescale(query, scale_log2e)
+    aux_base = Aux + batch * M * C
+
+    m_i = tl.full([BLOCK_N], float("-inf"), acc_dtype)  # running max of the base-2 logits
+    l_i = tl.zeros([BLOCK_N], acc_dtype)  # running sum of exp2(logit - m_i)
+    acc = tl.zeros([BLOCK_N, C_PAD], acc_dtype)  # running sum of exp2(logit - m_i) * aux_w
+    for start_m in range(0, M, BLOCK_M):
+        offs_m = start_m + tl.arange(0, BLOCK_M)
+        mask_m = offs_m < M
+        aux = tl.load(aux_base + offs_m[:, None] * C + offs_c[None, :],
+                      mask=mask_m[:, None] & mask_c[None, :], other=0.0)
+        # ieee: float32 must not silently run in TF32 (SPEC.md section 4)
+        logits = _postscale(tl.dot(query, tl.trans(aux), input_precision="ieee", out_dtype=acc_dtype), query,
+                            scale_log2e)
+        logits = tl.where(mask_m[None, :], logits, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(logits, 1))
+        alpha = tl.exp2(m_i - m_new)  # rescales what was accumulated under the old max
+        p = tl.exp2(logits - m_new[:, None])
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None] + tl.dot(p.to(aux.dtype), aux, input_precision="ieee", out_dtype=acc_dtype)
+        m_i = m_new
+
+    out = acc / l_i[:, None]
+    tl.store(Out + batch * N * C + offs_n[:, None] * C + offs_c[None, :], out.to(Out.dtype.element_ty),
+             mask=mask_n[:, None] & mask_c[None, :])
+    tl.store(Lse + batch * N + offs_n, m_i + tl.log2(l_i), mask=mask_n)
+
+
+@triton.jit(do_not_specialize=["N", "M", "C"])
+def _exchange_bwd_query_kernel(
+    GradOut, Query, Aux, Lse, Delta, RowScale, GradQuery,
+    N, M, C,
+    SCALE_HI, SCALE_LO, SCALE_LOG2E_HI, SCALE_LOG2E_LO,
+    C_PAD: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, IS_FP64: tl.constexpr,
+):
+    """d query_u = scale · sum_w dS_uw aux_w, dS_uw = P_uw (dP_uw - D_u), dP_uw = <dO_u, aux_w>.
+
+    D_u = sum_w P_uw dP_uw is the softmax Jacobian's row term. FlashAttention takes it as <dO_u, out_u> from
+    the forward output, but that out was built from the forward's rounding of P: with peaked rows (x20
+    normalised vectors, logits ~400) the mismatch, ~1e-5 of |dP|, lands in dP - D, a difference of
+    nearly equal numbers, and the float32 gradient came out 3x further from float64 than the dense
+    float32 one (SPEC.md allows 2x). Here D uses this kernel's own P: accumulate
+    sum_w P dP aux, sum_w P aux and sum_w P dP in one pass, then d query = (first - D · second) · scale.
+    One extra dot and accumulator per tile. D_u and the row normalisation go to the aux kernel.
+    """
+    pid_n = tl.program_id(0)
+    batch = tl.program_id(1).to(tl.int64)
+    acc_dtype: tl.constexpr = tl.float64 if IS_FP64 else tl.float32
+    scale = _join_scalar(SCALE_HI, SCALE_LO, IS_FP64)
+    scale_log2e = _join_scalar(SCALE_LOG2E_HI, SCALE_LOG2E_LO, IS_FP64)
+
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_c = tl.arange(0, C_PAD)
+    mask_n = offs_n < N
+    mask_nc = mask_n[:, None] & (offs_c < C)[None, :]
+    row_offsets = batch * N * C + offs_n[:, None] * C + offs_c[None, :]
+    query = _prescale(tl.load(Query + row_offsets, mask=mask_nc, other=0.0), scale_log2e)
+    grad_out = tl.load(GradOut + row_offsets, mask=mask_nc, other=0.0)
+    lse = tl.load(Lse + batch * N + offs_n, mask=mask_n, other=0.0)
+    aux_base = Aux + batch * M * C
+
+    weighted_dp_aux = tl.zeros([BLOCK_N, C_PAD], acc_dtype)  # sum_w P dP aux_w
+    p_aux = tl.zeros([BLOCK_N, C_PAD], acc_dtype)  # sum_w P aux_w (the output, as this kernel's P gives it)
+    delta = tl.zeros([BLOCK_N], acc_dtype)  # sum_w P dP
+    row_sum = tl.zeros([BLOCK_N], acc_dtype)  # sum_w P
+    for start_m in range(0, M, BLOCK_M):
+        offs_m = start_m + tl.arange(0, BLOCK_M)
+        mask_m = offs_m < M
+        aux = tl.load(aux_base + offs_m[:, None] * C + offs_c[None, :],
+                      mask=mask_m[:, None] & (offs_c < C)[None, :], other=0.0)
+        logits = _postscale(tl.dot(query, tl.trans(aux), input_precision="ieee", out_dtype=acc_dtype), query,
+                            scale_log2e)
+        p = tl.where(mask_m[None, :], tl.exp2(logits - lse[:, None]), 0.0)
+        dp = tl.dot(grad_out, tl.trans(aux), input_precision="ieee", out_dtype=acc_dtype)
+        p_dp = p * dp
+        row_sum += tl.sum(p, 1)
+        delta += tl.sum(p_dp, 1)
+        weighted_dp_aux += tl.dot(p_dp.to(aux.dtype), aux, input_precision="ieee", out_dtype=acc_dtype)
+        p_aux += tl.dot(p.to(aux.dtype), aux, input_precision="ieee", out_dtype=acc_dtype)
+
+    # The stored lse is rounded at its magnitude (up to ~1e4 · 2^-24), which scales every P of a row by the
+    # same factor 1 + O(1e-5): dividing by the recomputed row sum removes it.
+    row_scale = 1.0 / tl.where(mask_n, row_sum, 1.0)
+    delta = delta * row_scale
+    tl.store(RowScale + batch * N + offs_n, row_scale, mask=mask_n)
+    tl.store(Delta + batch * N + offs_n, delta, mask=mask_n)
+    grad_query = (weighted_dp_aux - delta[:, None] * p_aux) * (row_scale * scale)[:, None]
+    tl.store(GradQuery + row_offsets, grad_query.to(GradQuery.dtype.element_ty), mask=mask_nc)
+
+
+@triton.jit(do_not_specialize=["N", "M", "C"])
+def _exchange_bwd_aux_kernel(
+    GradOut, Query, Aux, Lse, Delta, RowScale, GradAux,
+    N, M, C,
+    SCALE_HI, SCALE_LO, SCALE_LOG2E_HI, SCALE_LOG2E_LO,
+    C_PAD: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, IS_FP64: tl.constexpr,
+):
+    """d aux_w = sum_u P_uw dO_u (value role) + scale · sum_u dS_uw query_u (key role), in one accumulator."""
+    pid_m = tl.program_id(0)
+    batch = tl.program_id(1).to(tl.int64)
+    acc_dtype: tl.constexpr = tl.float64 if IS_FP64 else tl.float32
+    scale = _join_scalar(SCALE_HI, SCALE_LO, IS_FP64)
+    scale_log2e = _join_scalar(SCALE_LOG2E_HI, SCALE_LOG2E_LO, IS_FP64)
+
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_c = tl.arange(0, C_PAD)
+    mask_m = offs_m < M
+    mask_c = offs_c < C
+    aux_offsets = batch * M * C + offs_m[:, None] * C + offs_c[None, :]
+    aux = tl.load(Aux + aux_offsets, mask=mask_m[:, None] & mask_c[None, :], other=0.0)
+    query_base = Query + batch * N * C
+    grad_out_base = GradOut + batch * N * C
+
+    grad_aux = tl.zeros([BLOCK_M, C_PAD], acc_dtype)
+    for start_n in range(0, N, BLOCK_N):
+        offs_n = start_n + tl.arange(0, BLOCK_N)
+        mask_n = offs_n < N
+        mask_nc = mask_n[:, None] & mask_c[None, :]
+        query = tl.load(query_base + offs_n[:, None] * C + offs_c[None, :], mask=mask_nc, other=0.0)
+        grad_out = tl.load(grad_out_base + offs_n[:, None] * C + offs_c[None, :], mask=mask_nc, other=0.0)
+        lse = tl.load(Lse + batch * N + offs_n, mask=mask_n, other=0.0)
+        delta = tl.load(Delta + batch * N + offs_n, mask=mask_n, other=0.0)
+        row_scale = tl.load(RowScale + batch * N + offs_n, mask=mask_n, other=0.0)  # 0 masks rows past N
+        if aux.dtype.primitive_bitwidth >= 32:
+            # 32/64-bit: the very expression of the query kernel (same operands, orientation and tile
+            # shape), so P and dP are bitwise the ones D_u and the row scale were built from; the float32
+            # logits (~1e-5 absolute rounding at |logit| ~ 500) would otherwise disagree by that much
+            # in every P of a peaked row. The transposes cost a layout conversion per tile.
+            logits = tl.dot(_prescale(query, scale_log2e), tl.trans(aux), input_precision="ieee",
+                            out_dtype=acc_dtype)
+            p = tl.where(mask_m[None, :], tl.exp2(logits - lse[:, None]), 0.0) * row_scale[:, None]
+            dp = tl.dot(grad_out, tl.trans(aux), input_precision="ieee", out_dtype=acc_dtype)
+            p_t = tl.trans(p)
+            ds_t = tl.trans(p * (dp - delta[:, None])) * scale
+        else:
+            # 16-bit: transposed tiles (aux rows x query columns) so the reductions over u are plain dots
+            # with no layout conversion, as in FlashAttention-2; rounding is far below 16-bit error here.
+            logits_t = tl.dot(aux, tl.trans(query), out_dtype=acc_dtype) * scale_log2e
+            p_t = tl.exp2(logits_t - lse[None, :]) * row_scale[None, :]
+            dp_t = tl.dot(aux, tl.trans(grad_out), out_dtype=acc_dtype)
+            ds_t = p_t * (dp_t - delta[None, :]) * scale
+        grad_aux += tl.dot(p_t.to(aux.dtype), grad_out, input_precision="ieee", out_dtype=acc_dtype)
+        grad_aux += tl.dot(ds_t.to(aux.dtype), query, input_precision="ieee", out_dtype=acc_dtype)
+
+    tl.store(GradAux + aux_offsets, grad_aux.to(GradAux.dtype.element_ty), mask=mask_m[:, None] & mask_c[None, :])
+
+
+# --------------------------------------------------------------------------------------------- launchers
+
+
+def exchange_forward(query: torch.Tensor, aux: torch.Tensor, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fused exchange forward.
+
+    Args:
+        query: ``(B, N, C)`` contiguous, float32/float16/bfloat16/float64.
+        aux: ``(B, M, C)`` contiguous, same dtype and device.
+        scale: the softmax temperature ``s``.
+
+    Returns:
+        ``out`` ``(B, N, C)`` in the input dtype and ``lse`` ``(B, N)`` (float32; float64 for float64
+        inputs), the """ + LSE_DOC + """.
+    """
+    check_runnable(query)
+    batch, n, c = query.shape
+    m = aux.shape[1]
+    c_pad = channel_pad(c)
+    config = launch_config("exchange_fwd", c_pad, query.dtype)
+    out = torch.empty_like(query)
+    lse = torch.empty((batch, n), dtype=accumulator_dtype(query.dtype), device=query.device)
+    grid = (triton.cdiv(n, config.block_n), batch)
+    _exchange_fwd_kernel[grid](
+        query, aux, out, lse, n, m, c, *split_scalar(log2_scale(scale)),
+        C_PAD=c_pad, BLOCK_N=config.block_n, BLOCK_M=config.block_m, IS_FP64=query.dtype == torch.float64,
+        num_warps=config.num_warps, num_stages=config.num_stages,
+    )
+    return out, lse
+
+
+def exchange_backward(grad_out, query, aux, out, lse, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fused exchange backward.
+
+    Args:
+        grad_out, query, out: ``(B, N, C)``; aux: ``(B, M, C)``; lse: ``(B, N)`` from :func:`exchange_forward`.
+
+    Returns:
+        ``grad_query`` ``(B, N, C)`` and ``grad_aux`` ``(B, M, C)`` in the input dtype.
+    """
+    check_runnable(query)
+    batch, n, c = query.shape
+    m = aux.shape[1]
+    c_pad = channel_pad(c)
+    config = launch_config("exchange_bwd", c_pad, query.dtype)
+    grad_out = grad_out.contiguous().to(query.dtype)
+    grad_query = torch.empty_like(query)
+    grad_aux = torch.empty_like(aux)
+    # O(B·N), the only extra buffers: D_u and the row normalisation, written by the query kernel
+    delta = torch.empty((batch, n), dtype=lse.dtype, device=query.device)
+    row_scale = torch.empty((batch, n), dtype=lse.dtype, device=query.device)
+    scalars = (*split_scalar(scale), *split_scalar(log2_scale(scale)))
+    constexprs = dict(C_PAD=c_pad, BLOCK_N=config.block_n, BLOCK_M=config.block_m,
+                      IS_FP64=query.dtype == torch.float64)
+    launch = dict(num_warps=config.num_warps, num_stages=config.num_stages)
+    _exchange_bwd_query_kernel[(triton.cdiv(n, config.block_n), batch)](
+        grad_out, query, aux, lse, delta, row_scale, grad_query, n, m, c, *scalars, **constexprs, **launch)
+    _exchange_bwd_aux_kernel[(triton.cdiv(m, config.block_m), batch)](
+        grad_out, query, aux, lse, delta, row_scale, grad_aux, n, m, c, *scalars, **constexprs, **launch)
+    return grad_query, grad_aux
+
+
+def exchange_specializations() -> list:
+    """Every (kernel, constexprs, warps, stages) the launchers above can pick, for AOT compilation."""
+    specs = []
+    for dtype in FEATURE_DTYPES:
+        feat = "*" + triton_type(dtype)
+        stat = "*" + triton_type(accumulator_dtype(dtype))
+        ints = dict(N="i32", M="i32", C="i32")
+        for c_pad in CHANNEL_PADS:
+            tag = f"{triton_type(dtype)}_c{c_pad}"
+            config = launch_config("exchange_fwd", c_pad, dtype)
+            constexprs = dict(C_PAD=c_pad, BLOCK_N=config.block_n, BLOCK_M=config.block_m,
+                              IS_FP64=dtype == torch.float64)
+            specs.append(make_specialization(
+                f"exchange_fwd_{tag}", _exchange_fwd_kernel,
+                dict(Query=feat, Aux=feat, Out=feat, Lse=stat, **ints, SCALE_LOG2E_HI="fp32", SCALE_LOG2E_LO="fp32"),
+                constexprs, config))
+            config = launch_config("exchange_bwd", c_pad, dtype)
+            constexprs = dict(constexprs, BLOCK_N=config.block_n, BLOCK_M=config.block_m)
+            scalars = dict(SCALE_HI="fp32", SCALE_LO="fp32", SCALE_LOG2E_HI="fp32", SCALE_LOG2E_LO="fp32")
+            specs.append(make_specialization(
+                f"exchange_bwd_query_{tag}", _exchange_bwd_query_kernel,
+                dict(GradOut=feat, Query=feat, Aux=feat, Lse=stat, Delta=stat, RowScale=stat, GradQuery=feat,
+                     **ints, **scalars), constexprs, config))
+            specs.append(make_specialization(
+                f"exchange_bwd_aux_{tag}", _exchange_bwd_aux_kernel,
+                dict(GradOut=feat, Query=feat, Aux=feat, Lse=stat, Delta=stat, RowScale=stat, GradAux=feat, **ints, **scalars),
+                constexprs, config))
+    return specs
+
+
+# ----------------------------------------------------------------------------------- custom-op registration
+
+
+@torch.library.custom_op("dve_kernels::exchange_fwd_triton", mutates_args=())
+def exchange_fwd_triton(query: torch.Tensor, aux: torch.Tensor, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    return exchange_forward(query, aux, scale)
+
+
+@exchange_fwd_triton.register_fake
+def _exchange_fwd_fake(query, aux, scale):
+    batch, n, _ = query.shape
+    return torch.empty_like(query), query.new_empty((batch, n), dtype=accumulator_dtype(query.dtype))
+
+
+@torch.library.custom_op("dve_kernels::exchange_bwd_triton", mutates_args=())
+def exchange_bwd_triton(grad_out: torch.Tensor, query: torch.Tensor, aux: torch.Tensor, out: torch.Tensor,
+                        lse: torch.Tensor, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    return exchange_backward(grad_out, query, aux, out, lse, scale)
+
+
+@exchange_bwd_triton.register_fake
+def _exchange_bwd_fake(grad_out, query, aux, out, lse, scale):
+    return torch.empty_like(query), torch.empty_like(aux)
+
+
+def _exchange_setup_context(ctx, inputs, output):
+    query, aux, scale = inputs
+    out, lse = output
+    ctx.save_for_backward(query, aux, out, lse)
+    ctx.scale = scale
+
+
+def _exchange_autograd(ctx, grad_out, grad_lse):
+    # lse is a saved statistic, not a differentiable output: its gradient is ignored
+    query, aux, out, lse = ctx.saved_tensors
+    grad_query, grad_aux = exchange_bwd_triton(grad_out.contiguous(), query, aux, out, lse, ctx.scale)
+    return grad_query, grad_aux, None
+
+
+exchange_fwd_triton.register_autograd(_exchange_autograd, setup_context=_exchange_setup_context)
+
+
+def exchange(query: torch.Tensor, aux: torch.Tensor, scale: float) -> torch.Tensor:
+    """Differentiable fused exchange: query ``(B, N, C)``, aux ``(B, M, C)`` -> ``(B, N, C)``."""
+    return exchange_fwd_triton(query, aux, float(scale))[0]

@@ -1,0 +1,334 @@
+"""The Triton backend (dve_kernels.ops) against the dense reference: values, gradients, memory, determinism,
+torch.library registration. Without a GPU the kernels run on CPU tensors in Triton's interpreter
+(tests/conftest.py sets TRITON_INTERPRET=1), which is ~1000x slower than a GPU: sizes stay small.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+triton = pytest.importorskip("triton")
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+if DEVICE == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+    pytest.skip("no GPU and TRITON_INTERPRET is not 1", allow_module_level=True)
+
+from dve_kernels import ops, reference  # noqa: E402
+from dve_kernels.ops import _common  # noqa: E402
+
+# (B, N, M, C): odd, prime, N != M, B = 1, C across every padding bucket, M = 3N (num_aux = 3)
+SHAPES = [
+    (2, 37, 53, 1),
+    (1, 29, 17, 3),
+    (2, 40, 31, 16),
+    (1, 23, 41, 33),
+    (1, 61, 47, 64),
+    (1, 13, 39, 64),  # num_aux = 3: one joint softmax over three auxiliary images
+]
+SHAPE_256 = (1, 19, 23, 256)
+POWS = (0.5, 1.0, 2.0, 0.7)
+
+
+def _features(batch, rows, channels, dtype, normalize=False, generator=None):
+    """Random embeddings; ``normalize`` mimics normalize_vectors=True (unit length x 20)."""
+    x = torch.randn(batch, rows, channels, dtype=torch.float64, generator=generator)
+    if normalize:
+        x = 20 * x / x.norm(dim=-1, keepdim=True)
+    return x.to(device=DEVICE, dtype=dtype)
+
+
+def _coords(batch, rows, dtype, extent=30.0):
+    return (torch.rand(batch, rows, 2, dtype=torch.float64) * extent).to(device=DEVICE, dtype=dtype)
+
+
+def _grads(fn, inputs, upstream):
+    inputs = [x.detach().clone().requires_grad_(True) for x in inputs]
+    out = fn(*inputs)
+    grads = torch.autograd.grad(out, inputs, upstream.to(out.dtype))
+    return out.detach(), [g.detach() for g in grads]
+
+
+def _max_err(a, b):
+    return (a.double() - b.double()).abs().max().item()
+
+
+def _assert_float32_rule(fused, dense32, exact, what):
+    """SPEC.md section 4: no further from float64 than max(2x the dense float32 error, 1e-5 of the max-norm)."""
+    bound = max(2 * _max_err(dense32, exact), 1e-5 * exact.abs().max().item())
+    err = _max_err(fused, exact)
+    assert err <= bound, f"{what}: error {err:.3g} > bound {bound:.3g} (dense float32 error {_max_err(dense32, exact):.3g})"
+
+
+def _check_exchange(shape, scale, normalize=False, dtype=torch.float32):
+    batch, n, m, c = shape
+    query = _features(batch, n, c, torch.float64, normalize)
+    aux = _features(batch, m, c, torch.float64, normalize)
+    upstream = torch.randn(batch, n, c, dtype=torch.float64, device=DEVICE)
+
+    def dense(q, a):
+        return reference.exchange(q, a, scale=scale)
+
+    def fused(q, a):
+        return ops.exchange(q, a, scale)
+
+    exact, exact_grads = _grads(dense, [query, aux], upstream)
+    if dtype == torch.float64:
+        out, grads = _grads(fused, [query, aux], upstream)
+        assert out.dtype == torch.float64
+        torch.testing.assert_close(out, exact, rtol=1e-10, atol=1e-10)
+        for g, e in zip(grads, exact_grads):
+            torch.testing.assert_close(g, e, rtol=1e-9, atol=1e-9 * max(1.0, e.abs().max().item()))
+        return
+    args32 = [query.float(), aux.float()]
+    dense_out, dense_grads = _grads(dense, args32, upstream)
+    out, grads = _grads(fused, args32, upstream)
+    assert out.dtype == torch.float32 and out.shape == (batch, n, c)
+    assert torch.isfinite(out).all() and all(torch.isfinite(g).all() for g in grads)
+    _assert_float32_rule(out, dense_out, exact, "out")
+    for name, g, d, e in zip(("grad query", "grad aux"), grads, dense_grads, exact_grads):
+        _assert_float32_rule(g, d, e, name)
+
+
+def _check_warp(shape, pow, scale, normalize=False, dtype=torch.float32):
+    batch, n, m, c = shape
+    src = _features(batch, n, c, torch.float64, normalize)
+    tgt = _features(batch, m, c, torch.float64, normalize)
+    src_xy, tgt_xy = _coords(batch, n, torch.float64), _coords(batch, m, torch.float64)
+    upstream = torch.rand(batch, n, dtype=torch.float64, device=DEVICE) + 0.5
+
+    def dense(s, t):
+        return reference.warp_loss_rows(s, t, src_xy.to(s.dtype), tgt_xy.to(s.dtype), pow, scale)
+
+    def fused(s, t):
+        return ops.warp_loss_rows(s, t, src_xy.to(s.dtype), tgt_xy.to(s.dtype), pow, scale)
+
+    exact, exact_grads = _grads(dense, [src, tgt], upstream)
+    if dtype == torch.float64:
+        rows, grads = _grads(fused, [src, tgt], upstream)
+        assert rows.dtype == torch.float64
+        torch.testing.assert_close(rows, exact, rtol=1e-10, atol=1e-10)
+        for g, e in zip(grads, exact_grads):
+            torch.testing.assert_close(g, e, rtol=1e-9, atol=1e-9 * max(1.0, e.abs().max().item()))
+        return
+    args32 = [src.float(), tgt.float()]
+    dense_rows, dense_grads = _grads(dense, args32, upstream)
+    rows, grads = _grads(fused, args32, upstream)
+    assert rows.dtype == torch.float32 and rows.shape == (batch, n)
+    assert torch.isfinite(rows).all() and all(torch.isfinite(g).all() for g in grads)
+    loss, exact_loss = rows.double().mean().item(), exact.mean().item()
+    assert abs(loss - exact_loss) <= 1e-5 * abs(exact_loss), f"loss {loss} vs float64 {exact_loss}"
+    _assert_float32_rule(rows, dense_rows, exact, "rows")
+    for name, g, d, e in zip(("grad src", "grad tgt"), grads, dense_grads, exact_grads):
+        _assert_float32_rule(g, d, e, name)
+
+
+# ------------------------------------------------------------------------------------------- values + grads
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_exchange_matches_reference(shape, dtype):
+    _check_exchange(shape, scale=0.7, dtype=dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("pow", POWS)
+@pytest.mark.parametrize("shape", SHAPES[:5], ids=lambda s: "x".join(map(str, s)))
+def test_warp_loss_matches_reference(shape, pow, dtype):
+    _check_warp(shape, pow, scale=0.7, dtype=dtype)
+
+
+@pytest.mark.parametrize("op", ["exchange", "warp"])
+def test_channels_256(op):
+    if op == "exchange":
+        _check_exchange(SHAPE_256, scale=1.0, normalize=True)
+    else:
+        _check_warp(SHAPE_256, 0.5, scale=1.0, normalize=True)
+
+
+@pytest.mark.parametrize("scale", [1.0, 25.0], ids=["logits400", "logits1e4"])
+@pytest.mark.parametrize("op", ["exchange", "warp"])
+def test_normalized_vectors_and_huge_logits(op, scale):
+    """normalize_vectors=True (x20): logits up to 400; scale 25 pushes them to 1e4, still finite and correct."""
+    shape = (2, 31, 43, 16)
+    if op == "exchange":
+        _check_exchange(shape, scale, normalize=True)
+        _check_exchange(shape, scale, normalize=True, dtype=torch.float64)
+    else:
+        _check_warp(shape, 0.5, scale, normalize=True)
+        _check_warp(shape, 0.5, scale, normalize=True, dtype=torch.float64)
+
+
+def test_many_tiles(monkeypatch):
+    """Tiles of 16 so that rows, columns and their masked remainders span several programs and loop steps."""
+    small = _common.LaunchConfig(block_n=16, block_m=16, num_warps=4, num_stages=2)
+    # the modules, not the functions of the same name that dve_kernels.ops re-exports
+    for module in ("dve_kernels.ops.exchange", "dve_kernels.ops.warp_loss"):
+        monkeypatch.setattr(importlib.import_module(module), "launch_config", lambda *args: small)
+    _check_exchange((2, 53, 37, 20), scale=0.5, dtype=torch.float64)
+    _check_warp((2, 53, 37, 20), 0.5, scale=0.5, dtype=torch.float64)
+    _check_warp((1, 35, 67, 5), 0.7, scale=0.5)
+
+
+def test_shared_target_coordinates():
+    """tgt_xy given once as (M, 2) is the same as broadcasting it over the batch."""
+    src, tgt = _features(2, 21, 8, torch.float64), _features(2, 30, 8, torch.float64)
+    src_xy, tgt_xy = _coords(2, 21, torch.float64), _coords(1, 30, torch.float64)[0]
+    rows = ops.warp_loss_rows(src, tgt, src_xy, tgt_xy, 0.5, 1.0)
+    expected = ops.warp_loss_rows(src, tgt, src_xy, tgt_xy.expand(2, -1, -1).contiguous(), 0.5, 1.0)
+    assert torch.equal(rows, expected)
+
+
+def test_fourth_root_is_exact_at_zero_distance():
+    """A source pixel that lands exactly on a target pixel has distance 0 (the FMA root must not give NaN)."""
+    src, tgt = _features(1, 4, 16, torch.float32), _features(1, 4, 16, torch.float32)
+    xy = _coords(1, 4, torch.float32)
+    rows = ops.warp_loss_rows(src, tgt, xy, xy, 0.5, 1000.0)  # p concentrates on u == v: distance ~0
+    exact = reference.warp_loss_rows(src.double(), tgt.double(), xy.double(), xy.double(), 0.5, 1000.0)
+    assert torch.isfinite(rows).all()
+    torch.testing.assert_close(rows.double(), exact, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("op", ["exchange", "warp"])
+def test_non_finite_input_gives_non_finite_output(op):
+    query, aux = _features(1, 9, 5, torch.float32), _features(1, 11, 5, torch.float32)
+    query[0, 3, 2] = float("nan")
+    if op == "exchange":
+        out = ops.exchange(query, aux, 1.0)
+    else:
+        out = ops.warp_loss_rows(query, aux, _coords(1, 9, torch.float32), _coords(1, 11, torch.float32), 0.5, 1.0)
+    assert not torch.isfinite(out).all()
+
+
+# ------------------------------------------------------------------------------------------------- property
+
+hypothesis = pytest.importorskip("hypothesis")
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=12, deadline=None, derandomize=True)
+@given(batch=st.integers(1, 2), n=st.integers(1, 40), m=st.integers(1, 40), c=st.integers(1, 40),
+       pow=st.sampled_from(POWS), scale=st.floats(0.05, 3.0))
+def test_property_random_shapes(batch, n, m, c, pow, scale):
+    _check_exchange((batch, n, m, c), scale, dtype=torch.float64)
+    _check_warp((batch, n, m, c), pow, scale, dtype=torch.float64)
+
+
+# ------------------------------------------------------------------------------------ memory, determinism
+
+
+class _AllocationRecorder(TorchDispatchMode):
+    """Records the element count of every tensor any ATen op creates."""
+
+    def __init__(self):
+        super().__init__()
+        self.sizes = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in torch.utils._pytree.tree_leaves(out):
+            if isinstance(t, torch.Tensor):
+                self.sizes.append((t.numel(), str(func)))
+        return out
+
+
+@pytest.mark.parametrize("op", ["exchange", "warp"])
+def test_no_tensor_grows_with_n_times_m(op):
+    batch, n, m, c = 1, 211, 197, 4  # N·M = 41567 >> B·(N + M)·C = 1632
+    a = _features(batch, n, c, torch.float32).requires_grad_(True)
+    b = _features(batch, m, c, torch.float32).requires_grad_(True)
+    src_xy, tgt_xy = _coords(batch, n, torch.float32), _coords(batch, m, torch.float32)
+    with _AllocationRecorder() as recorder:
+        out = ops.exchange(a, b, 1.0) if op == "exchange" else ops.warp_loss_rows(a, b, src_xy, tgt_xy, 0.5, 1.0)
+        out.sum().backward()
+    assert recorder.sizes, "the recorder saw nothing"
+    biggest = max(recorder.sizes)
+    assert biggest[0] < n * m, f"{biggest[1]} created {biggest[0]} elements (N·M = {n * m})"
+    assert a.grad is not None and b.grad is not None
+
+
+@pytest.mark.parametrize("op", ["exchange", "warp"])
+def test_bitwise_deterministic(op):
+    shape = (2, 45, 38, 24)
+    a, b = _features(2, 45, 24, torch.float32), _features(2, 38, 24, torch.float32)
+    src_xy, tgt_xy = _coords(2, 45, torch.float32), _coords(2, 38, torch.float32)
+    upstream = torch.randn(2, 45, 24 if op == "exchange" else 1, device=DEVICE)
+
+    def run():
+        if op == "exchange":
+            return _grads(lambda x, y: ops.exchange(x, y, 0.9), [a, b], upstream)
+        return _grads(lambda x, y: ops.warp_loss_rows(x, y, src_xy, tgt_xy, 0.5, 0.9), [a, b], upstream[..., 0])
+
+    (out1, grads1), (out2, grads2) = run(), run()
+    assert shape[0] == out1.shape[0]
+    assert torch.equal(out1, out2)
+    assert all(torch.equal(g1, g2) for g1, g2 in zip(grads1, grads2))
+
+
+# ---------------------------------------------------------------------------------- torch.library contract
+
+
+def _op_args():
+    q, aux = _features(2, 9, 5, torch.float32), _features(2, 7, 5, torch.float32)
+    src_xy, tgt_xy = _coords(2, 9, torch.float32), _coords(2, 7, torch.float32)
+    out, lse = torch.ops.dve_kernels.exchange_fwd_triton(q, aux, 0.8)
+    rows, wlse = torch.ops.dve_kernels.warp_loss_fwd_triton(q, aux, src_xy, tgt_xy, 0.5, 0.8)
+    grad_out, grad_rows = torch.randn_like(out), torch.randn_like(rows)
+    return {
+        "exchange_fwd_triton": (q.requires_grad_(True), aux.requires_grad_(True), 0.8),
+        "exchange_bwd_triton": (grad_out, q.detach(), aux.detach(), out, lse, 0.8),
+        "warp_loss_fwd_triton": (q.detach().requires_grad_(True), aux.detach().requires_grad_(True), src_xy,
+                                 tgt_xy, 0.5, 0.8),
+        "warp_loss_bwd_triton": (grad_rows, q.detach(), aux.detach(), src_xy, tgt_xy, rows, wlse, 0.5, 0.8),
+    }
+
+
+@pytest.mark.parametrize("name", ["exchange_fwd_triton", "exchange_bwd_triton", "warp_loss_fwd_triton",
+                                  "warp_loss_bwd_triton"])
+def test_opcheck(name):
+    args = _op_args()[name]
+    torch.library.opcheck(getattr(torch.ops.dve_kernels, name), args)
+
+
+def test_op_schemas():
+    """The same argument lists as the CPU backend's ops (python/ registers ``..._cpu``)."""
+    expected = {
+        "exchange_fwd_triton": "(Tensor query, Tensor aux, float scale) -> (Tensor, Tensor)",
+        "exchange_bwd_triton": "(Tensor grad_out, Tensor query, Tensor aux, Tensor out, Tensor lse, float scale)"
+                               " -> (Tensor, Tensor)",
+        "warp_loss_fwd_triton": "(Tensor src, Tensor tgt, Tensor src_xy, Tensor tgt_xy, float pow, float scale)"
+                                " -> (Tensor, Tensor)",
+        "warp_loss_bwd_triton": "(Tensor grad_rows, Tensor src, Tensor tgt, Tensor src_xy, Tensor tgt_xy, "
+                                "Tensor rows, Tensor lse, float pow, float scale) -> (Tensor, Tensor)",
+    }
+    for name, schema in expected.items():
+        got = str(getattr(torch.ops.dve_kernels, name).default._schema)
+        assert got == f"dve_kernels::{name}{schema}", got
+
+
+def test_torch_compile_fullgraph():
+    """torch.compile(fullgraph=True) traces through both ops, forward and backward, without graph breaks.
+
+    backend="aot_eager" runs Dynamo and AOTAutograd (which use register_fake and register_autograd) but
+    not Inductor's C++ code generation, which on this CPU-only CI adds a compiler run and tests nothing of ours.
+    """
+    src, tgt = _features(2, 17, 6, torch.float32), _features(2, 13, 6, torch.float32)
+    aux = _features(2, 19, 6, torch.float32)
+    src_xy, tgt_xy = _coords(2, 17, torch.float32), _coords(2, 13, torch.float32)
+
+    def dve_loss(s, t, a):
+        return ops.warp_loss_rows(ops.exchange(s, a, 1.0), t, src_xy, tgt_xy, 0.5, 1.0).mean()
+
+    torch._dynamo.reset()
+    compiled = torch.compile(dve_loss, fullgraph=True, backend="aot_eager")
+    eager_loss, eager_grads = _grads(dve_loss, [src, tgt, aux], torch.tensor(1.0))
+    compiled_loss, compiled_grads = _grads(compiled, [src, tgt, aux], torch.tensor(1.0))
+    torch.testing.assert_close(compiled_loss, eager_loss)
+    for g1, g2 in zip(compiled_grads, eager_grads):
+        torch.testing.assert_close(g1, g2)
