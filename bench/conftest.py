@@ -1,0 +1,92 @@
+"""`pytest bench/`: options, and the results every run leaves under ``bench/results/<device>/``.
+
+Options:
+  --bench-full           the full grid (all resolutions up to 256², C in {3, 16, 64}, fp16/bf16 on GPU);
+                         the default grid finishes in about 10 minutes on a 2-core CPU
+  --bench-device DEV     cpu or cuda (default: cuda when available)
+  --bench-budget-gib G   memory budget for running a case and for "largest trainable resolution"
+                         (default 16 on GPU, 8 on CPU)
+  --bench-seconds S      time spent sampling each case (default 1.0)
+  --bench-out DIR        where results go (default bench/results/<device>)
+
+Writes: ``benchmark.json`` (pytest-benchmark, with device, dtype, shape, provider, version and commit in
+``extra_info``), ``results.csv`` (one CSV across runs: rows of a new run replace those with the same key),
+and the plots of ``bench/plot.py``.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+
+import pytest
+import torch
+
+from .harness import CSV_COLUMNS, Settings, device_name
+
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+KEY = ("kernel_name", "kernel_provider", "kernel_operation_mode", "metric_name", "x_value", "channels", "batch",
+       "dtype", "device")
+
+
+def pytest_addoption(parser):
+    group = parser.getgroup("dve_kernels benchmarks")
+    group.addoption("--bench-full", action="store_true", help="run the full grid")
+    group.addoption("--bench-device", default="cuda" if torch.cuda.is_available() else "cpu")
+    group.addoption("--bench-budget-gib", type=float, default=None)
+    group.addoption("--bench-seconds", type=float, default=1.0)
+    group.addoption("--bench-out", default=None)
+
+
+def _out_dir(config) -> str:
+    return config.getoption("bench_out") or os.path.join(RESULTS, device_name(config.getoption("bench_device")))
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config):
+    if not hasattr(config.option, "benchmark_json") or config.option.benchmark_json:
+        return
+    out = _out_dir(config)
+    os.makedirs(out, exist_ok=True)
+    config.option.benchmark_json = open(os.path.join(out, "benchmark.json"), "wb")  # noqa: SIM115 (pytest-benchmark closes it)
+
+
+@pytest.fixture(scope="session")
+def bench_settings(request):
+    config = request.config
+    device = config.getoption("bench_device")
+    budget = config.getoption("bench_budget_gib") or (16.0 if device.startswith("cuda") else 8.0)
+    settings = Settings(device=device, budget_bytes=budget * 2**30,
+                        seconds_per_case=config.getoption("bench_seconds"), full=config.getoption("bench_full"))
+    yield settings
+    if settings.rows:
+        write_results(_out_dir(config), settings.rows)
+
+
+def write_results(out: str, rows: list) -> str:
+    """Merge ``rows`` into ``out/results.csv`` (a new row replaces an old one with the same key) and plot."""
+    os.makedirs(out, exist_ok=True)
+    path = os.path.join(out, "results.csv")
+    merged = {}
+    if os.path.exists(path):
+        with open(path, newline="") as handle:
+            for row in csv.DictReader(handle):
+                merged[tuple(row[k] for k in KEY)] = row
+    for row in rows:
+        merged[tuple(str(row[k]) for k in KEY)] = row
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=CSV_COLUMNS)
+        writer.writeheader()
+        for row in merged.values():
+            writer.writerow({k: row.get(k, "") for k in CSV_COLUMNS})
+    from .plot import plot_results
+    plot_results(path, out)
+    return path
+
+
+def pytest_generate_tests(metafunc):
+    if "case" in metafunc.fixturenames:
+        from .harness import case_id, cases
+        kernel = metafunc.module.KERNEL
+        grid = cases(kernel, metafunc.config.getoption("bench_full"), metafunc.config.getoption("bench_device"))
+        metafunc.parametrize("case", grid, ids=[case_id(c) for c in grid])
