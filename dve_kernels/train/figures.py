@@ -87,3 +87,70 @@ def draw_loss_curve(log_path, path) -> Optional[str]:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return str(path)
+
+
+def draw_comparison(runs, path, num_targets: int = 5, device="cpu") -> str:
+    """Figure 4 style: one row per run (e.g. 64-D without and with DVE), the same reference points and images.
+
+    ``runs``: a list of ``(label, model, config)``; the test images come from the first run's dataset settings.
+    """
+    from .data import SPLITS, build_dataset, data_root
+    from .evaluate import _cropped, _embed, match_keypoints
+
+    plt = _pyplot()
+    label0, _, config0 = runs[0]
+    name = config0.dataset
+    split = SPLITS[name][2] or "train"
+    dataset = build_dataset(name, data_root(config0, Path(path).parent / "compare-data"), split, config0.imwidth,
+                            count=max(num_targets + 1, 8), seed=config0.seed)
+    count = min(len(dataset), num_targets + 1)
+    images, keypoints = _cropped(dataset, count, config0.crop)
+    points = reference_points(keypoints[0], config0.imwidth, config0.crop, seed=config0.seed)
+    colours = plt.get_cmap("hsv")(np.linspace(0, 1, len(points), endpoint=False))
+    fig, axes = plt.subplots(len(runs), count, figsize=(2.2 * count, 2.4 * len(runs)), squeeze=False)
+    for row, (label, model, config) in enumerate(runs):
+        feats = _embed(model.eval(), images, device)
+        stride = images.shape[-1] / feats.shape[-1]
+        for i in range(count):
+            ax = axes[row, i]
+            ax.imshow(images[i].permute(1, 2, 0).clamp(0, 1).numpy())
+            where = points if i == 0 else match_keypoints(feats[0], feats[i], points, stride)
+            ax.scatter(where[:, 0].numpy(), where[:, 1].numpy(), c=colours, s=22, edgecolors="white",
+                       linewidths=0.6)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if i == 0:
+                ax.set_ylabel(label, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return str(path)
+
+
+def main(argv=None) -> int:
+    """``python -m dve_kernels.train.figures RUN_DIR [RUN_DIR ...] --out compare.png``: matches of several runs."""
+    import argparse
+
+    from .config import TrainConfig
+    from .loop import CHECKPOINT_NAME, load_checkpoint
+    from .models import build_model
+
+    parser = argparse.ArgumentParser(prog="python -m dve_kernels.train.figures", description=main.__doc__)
+    parser.add_argument("runs", nargs="+")
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args(argv)
+    runs = []
+    for run in args.runs:
+        ckpt = load_checkpoint(Path(run) / CHECKPOINT_NAME)
+        config = TrainConfig.from_dict(ckpt["config"])
+        model = build_model(config.model, config.embedding_dim,
+                            **({"width": config.model_width} if config.model == "smallnet" else {}))
+        model.load_state_dict(ckpt["model"])
+        label = f"{config.embedding_dim}-D {'with' if config.dve else 'without'} DVE"
+        runs.append((label, model, config))
+    print(draw_comparison(runs, args.out))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
