@@ -62,3 +62,12 @@ def test_build_model():
         build_model("resnet", 3)
     with pytest.raises(ValueError, match="embedding_dim"):
         SmallNet(0)
+
+
+def test_highres_preset_gives_128x128_embeddings():
+    from dve_kernels.train.config import PRESETS
+
+    preset = PRESETS["highres"]
+    net = build_model(preset["model"], preset["embedding_dim"]).to("meta")
+    size = preset["imwidth"] - 2 * preset["crop"]
+    assert net(torch.empty(2, 3, size, size, device="meta")).shape == (2, 64, 128, 128)
