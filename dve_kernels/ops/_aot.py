@@ -52,8 +52,14 @@ def ptxas_report(ptx: str, arch: int) -> dict:
         path = os.path.join(tmp, "kernel.ptx")
         with open(path, "w") as handle:
             handle.write(ptx)
-        result = subprocess.run([_ptxas(arch), "-v", f"-arch={PTXAS_ARCH[arch]}", path, "-o", os.path.join(tmp, "k.o")],
-                                capture_output=True, text=True, check=True)
+        # the flags Triton itself passes (3.9 adds --regAllocOptLevel=2 against a ptxas 13 register
+        # allocation bug; without it that ptxas reports 32 registers and kilobytes of spills)
+        command = [_ptxas(arch), "-lineinfo", "-v", "--regAllocOptLevel=2", f"--gpu-name={PTXAS_ARCH[arch]}", path,
+                   "-o", os.path.join(tmp, "kernel.o")]
+        result = subprocess.run(command, capture_output=True, text=True)
+        if result.returncode != 0:  # an older ptxas without the option
+            command.remove("--regAllocOptLevel=2")
+            result = subprocess.run(command, capture_output=True, text=True, check=True)
     text = result.stderr + result.stdout
     stores = re.search(r"(\d+) bytes spill stores", text)
     loads = re.search(r"(\d+) bytes spill loads", text)

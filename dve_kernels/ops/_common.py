@@ -25,12 +25,14 @@ LOG2_E = 1.4426950408889634  # softmax runs in base 2: exp(x) = exp2(x * log2(e)
 
 @dataclass(frozen=True)
 class LaunchConfig:
-    """Tile sizes of one launch: BLOCK_N query/source rows per program, BLOCK_M key/target rows per step."""
+    """Tile sizes of one launch: BLOCK_N query/source rows per program, BLOCK_M key/target rows per step,
+    K_CHUNK channels per slice of the logit dot (32/64-bit data; 16-bit data takes all C_PAD at once)."""
 
     block_n: int
     block_m: int
     num_warps: int
     num_stages: int
+    k_chunk: int = 16
 
 
 @dataclass
@@ -52,42 +54,38 @@ def channel_pad(channels: int) -> int:
 
 
 def launch_config(pass_name: str, c_pad: int, dtype: torch.dtype) -> LaunchConfig:
-    """Block sizes, warps and pipeline stages for one pass at one (C_PAD, dtype).
+    """Block sizes, channel slice, warps and pipeline stages for one pass at one (C_PAD, dtype).
 
-    How they were chosen: no GPU was available while writing this, so the starting point is the
-    FlashAttention-2 / Triton-tutorial practice (128 x 64 tiles, 4 warps, for 16-bit data with head
-    dimension <= 64, 8 warps at 128), then shrunk so that, per program, the register-resident tiles
-    (accumulator + query tile, plus dO in the backward) stay near 64 registers per thread each and the
-    pipelined shared-memory buffers fit an A100 (164 KiB); 4-byte data halves the rows of 2-byte data,
-    8-byte data halves them again. The AOT test (tests/test_triton_aot.py) compiles every result for
-    sm_80 and sm_90 and fails on spills or shared-memory overflow; retune on a GPU with bench/.
-    ``pass_name`` is one of "exchange_fwd", "exchange_bwd" (both backward kernels), "warp_fwd", "warp_bwd".
+    How they were chosen (no GPU was available while writing this; retune with bench/ on one):
+    16-bit data runs its dots on tensor cores with whole register tiles, as FlashAttention-2 does: the
+    start is the Triton tutorial's 128 x 64 tiles at head dimension 64, then rows are halved as C_PAD
+    grows and warps doubled where a BLOCK x C_PAD float32 accumulator would pass ~64 registers per
+    thread. 32/64-bit data runs FMA dots (float32 must stay IEEE, SPEC.md section 4): small tiles
+    and K_CHUNK-channel slices of the logit dot, because an FMA dot keeps every channel of its operand
+    rows in registers (32 x 32 tiles spilled from C_PAD = 32 on in float32, 16 x 16 did not). Every result is compiled for sm_80 and sm_90 by tests/test_triton_aot.py, which
+    fails on any spill or shared-memory overflow; the numbers below are the largest that passed it.
+    ``pass_name`` is "exchange_fwd", "exchange_bwd" (both backward kernels), "warp_fwd" or "warp_bwd".
     """
-    itemsize = torch.empty((), dtype=dtype).element_size()
-    # bytes of one row of a tile: what limits registers and shared memory
-    row_bytes = c_pad * itemsize
-    if pass_name == "exchange_fwd":
-        # registers: q tile + fp32 accumulator (BLOCK_N x C_PAD each); shared: the aux tile, pipelined
-        block_n = 128 if row_bytes <= 128 else 64 if row_bytes <= 512 else 32
-        block_m = 64 if row_bytes <= 256 else 32
-        num_warps = 4 if c_pad * block_n <= 64 * 128 else 8
-    elif pass_name == "warp_fwd":
-        # only a scalar accumulator per row: the src tile is the only large register tile
-        block_n = 128 if row_bytes <= 256 else 64 if row_bytes <= 512 else 32
-        block_m = 64 if row_bytes <= 256 else 32
-        num_warps = 4 if c_pad * block_n <= 64 * 128 else 8
-    elif pass_name in ("exchange_bwd", "warp_bwd"):
-        # three register tiles per program (operand, its gradient accumulator, dO or src/tgt):
-        # smaller tiles than the forward, as in FlashAttention-2's backward
-        block_n = 64 if row_bytes <= 256 else 32
-        block_m = 64 if row_bytes <= 256 else 32
-        if pass_name == "exchange_bwd" and row_bytes > 512:
-            block_n = block_m = 16
-        num_warps = 4 if c_pad * block_n <= 64 * 64 else 8
-    else:
+    if pass_name not in ("exchange_fwd", "exchange_bwd", "warp_fwd", "warp_bwd"):
         raise ValueError(f"unknown pass {pass_name!r}")
-    num_stages = 2 if row_bytes * max(block_n, block_m) > 32 * 1024 else 3
-    return LaunchConfig(block_n, block_m, num_warps, num_stages)
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    if itemsize == 2:
+        if pass_name == "exchange_fwd":
+            block_n, block_m = (128, 64) if c_pad <= 64 else (64, 64) if c_pad <= 128 else (32, 32)
+        elif pass_name == "warp_fwd":  # no accumulator tile: only the src tile stays in registers
+            block_n, block_m = (128, 64) if c_pad <= 128 else (64, 64)
+        else:  # backward: two accumulator tiles plus operand tiles per program
+            block_n, block_m = (64, 64) if c_pad <= 64 else (64, 32) if c_pad <= 128 else (32, 32)
+        backward = pass_name.endswith("bwd")
+        num_warps = 8 if block_n * c_pad >= (64 if backward else 128) * 64 else 4
+        return LaunchConfig(block_n, block_m, num_warps, 3 if c_pad <= 128 else 2, c_pad)
+    # 32/64-bit: one configuration for forward and backward of an op, so that both compute every logit
+    # with the same expression on the same tile shape and get bitwise the same value: then a row whose
+    # softmax is one-hot in float32 gets P = exp2(logit - lse) = 1.0 exactly in the backward, and its
+    # gradient cancels exactly, as in the dense computation (SPEC.md: logits of 1e4).
+    block = 32 if c_pad <= 16 else 16
+    num_warps = 4 if c_pad <= 64 else 8
+    return LaunchConfig(block, block, num_warps, 2, min(32 if itemsize == 4 else 16, c_pad))
 
 
 def pow_mode(pow: float) -> int:
@@ -147,25 +145,37 @@ def _join_scalar(HI, LO, IS_FP64: tl.constexpr):
 
 
 @triton.jit
-def _prescale(tile, scale_log2e):
-    """Fold the softmax scale into a 32/64-bit operand tile before the dot, see _postscale."""
-    if tile.dtype.primitive_bitwidth >= 32:
-        tile = tile * scale_log2e
-    return tile
+def _dot_nt(A, a_rows, a_mask, a_tile, B, b_rows, b_mask, b_tile, C, scale_log2e,
+            SCALE_A: tl.constexpr, C_PAD: tl.constexpr, K_CHUNK: tl.constexpr, OUT_DTYPE: tl.constexpr):
+    """dot(A_tile, B_tile^T) over the C channels: (rows of A) x (rows of B), times scale_log2e if SCALE_A.
 
+    16-bit data: one tensor-core dot of the register tiles a_tile / b_tile the caller loaded, scaled
+    afterwards in float32.
 
-@triton.jit
-def _postscale(dot, operand, scale_log2e):
-    """Base-2 logits from ``dot``, one of whose operands (``operand``) went through _prescale.
-
-    Why two places: for 32/64-bit data, scaling one operand tile (once per program) rounds each small
-    product term instead of the large logit (|logit| up to ~1.4e4 in base 2, where a float32 rounding is
-    ~1e-3 absolute; SPEC.md asks for correct results at logits of 1e4). 16-bit operands must stay 16-bit for
-    the tensor cores, so their float32 dot result is scaled instead.
+    32/64-bit data: ``input_precision="ieee"`` makes this an FMA dot, whose operand fragments hold the whole
+    reduction dimension per thread; at C_PAD = 64..256 that spills. So the channels are walked in
+    K_CHUNK-wide slices re-read from memory (L1/L2 hits: the caller has the same rows in flight), and
+    a_tile / b_tile go unused (the compiler drops their loads when nothing else reads them). The scale
+    goes into the A slice before the dot: each small product term is rounded instead of the large logit
+    (|logit| up to ~1.4e4 in base 2, where one float32 rounding is ~1e-3; SPEC.md promises correct results
+    at logits of 1e4). Every kernel that must agree bitwise on a logit calls this with the same
+    operands in the same orientation and tile shape.
     """
-    if operand.dtype.primitive_bitwidth < 32:
-        dot = dot * scale_log2e
-    return dot
+    if a_tile.dtype.primitive_bitwidth < 32:
+        out = tl.dot(a_tile, tl.trans(b_tile), out_dtype=OUT_DTYPE)
+        if SCALE_A:
+            out = out * scale_log2e
+    else:
+        out = tl.zeros([a_rows.shape[0], b_rows.shape[0]], OUT_DTYPE)
+        for k_start in range(0, C, K_CHUNK):  # C, not C_PAD: no slice of padding only
+            offs_k = k_start + tl.arange(0, K_CHUNK)
+            mask_k = offs_k < C
+            a = tl.load(A + a_rows[:, None] * C + offs_k[None, :], mask=a_mask[:, None] & mask_k[None, :], other=0.0)
+            if SCALE_A:
+                a = a * scale_log2e
+            b = tl.load(B + b_rows[:, None] * C + offs_k[None, :], mask=b_mask[:, None] & mask_k[None, :], other=0.0)
+            out += tl.dot(a, tl.trans(b), input_precision="ieee", out_dtype=OUT_DTYPE)
+    return out
 
 
 @triton.jit

@@ -19,8 +19,7 @@ from ._common import (
     CHANNEL_PADS,
     FEATURE_DTYPES,
     _join_scalar,
-    _postscale,
-    _prescale,
+    _dot_nt,
     accumulator_dtype,
     channel_pad,
     check_runnable,
@@ -43,7 +42,8 @@ def _exchange_fwd_kernel(
     Query, Aux, Out, Lse,
     N, M, C,
     SCALE_LOG2E_HI, SCALE_LOG2E_LO,
-    C_PAD: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, IS_FP64: tl.constexpr,
+    C_PAD: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, K_CHUNK: tl.constexpr,
+    IS_FP64: tl.constexpr,
 ):
     pid_n = tl.program_id(0)
     batch = tl.program_id(1).to(tl.int64)  # int64: batch * N * C can pass 2^31
@@ -54,9 +54,9 @@ def _exchange_fwd_kernel(
     offs_c = tl.arange(0, C_PAD)
     mask_n = offs_n < N
     mask_c = offs_c < C  # channels past C read as 0: they add nothing to any dot product
-    query = tl.load(Query + batch * N * C + offs_n[:, None] * C + offs_c[None, :],
+    query_base = Query + batch * N * C
+    query = tl.load(query_base + offs_n[:, None] * C + offs_c[None, :],
                     mask=mask_n[:, None] & mask_c[None, :], other=0.0)
-    query = _prescale(query, scale_log2e)
     aux_base = Aux + batch * M * C
 
     m_i = tl.full([BLOCK_N], float("-inf"), acc_dtype)  # running max of the base-2 logits
@@ -68,8 +68,8 @@ def _exchange_fwd_kernel(
         aux = tl.load(aux_base + offs_m[:, None] * C + offs_c[None, :],
                       mask=mask_m[:, None] & mask_c[None, :], other=0.0)
         # ieee: float32 must not silently run in TF32 (SPEC.md section 4)
-        logits = _postscale(tl.dot(query, tl.trans(aux), input_precision="ieee", out_dtype=acc_dtype), query,
-                            scale_log2e)
+        logits = _dot_nt(query_base, offs_n, mask_n, query, aux_base, offs_m, mask_m, aux, C, scale_log2e,
+                         True, C_PAD, K_CHUNK, acc_dtype)
         logits = tl.where(mask_m[None, :], logits, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(logits, 1))
         alpha = tl.exp2(m_i - m_new)  # rescales what was accumulated under the old max
@@ -89,7 +89,8 @@ def _exchange_bwd_query_kernel(
     GradOut, Query, Aux, Lse, Delta, RowScale, GradQuery,
     N, M, C,
     SCALE_HI, SCALE_LO, SCALE_LOG2E_HI, SCALE_LOG2E_LO,
-    C_PAD: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, IS_FP64: tl.constexpr,
+    C_PAD: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, K_CHUNK: tl.constexpr,
+    IS_FP64: tl.constexpr,
 ):
     """d query_u = scale · sum_w dS_uw aux_w, dS_uw = P_uw (dP_uw - D_u), dP_uw = <dO_u, aux_w>.
 
@@ -112,8 +113,10 @@ def _exchange_bwd_query_kernel(
     mask_n = offs_n < N
     mask_nc = mask_n[:, None] & (offs_c < C)[None, :]
     row_offsets = batch * N * C + offs_n[:, None] * C + offs_c[None, :]
-    query = _prescale(tl.load(Query + row_offsets, mask=mask_nc, other=0.0), scale_log2e)
+    query = tl.load(Query + row_offsets, mask=mask_nc, other=0.0)
     grad_out = tl.load(GradOut + row_offsets, mask=mask_nc, other=0.0)
+    query_base = Query + batch * N * C
+    grad_out_base = GradOut + batch * N * C
     lse = tl.load(Lse + batch * N + offs_n, mask=mask_n, other=0.0)
     aux_base = Aux + batch * M * C
 
@@ -126,10 +129,11 @@ def _exchange_bwd_query_kernel(
         mask_m = offs_m < M
         aux = tl.load(aux_base + offs_m[:, None] * C + offs_c[None, :],
                       mask=mask_m[:, None] & (offs_c < C)[None, :], other=0.0)
-        logits = _postscale(tl.dot(query, tl.trans(aux), input_precision="ieee", out_dtype=acc_dtype), query,
-                            scale_log2e)
+        logits = _dot_nt(query_base, offs_n, mask_n, query, aux_base, offs_m, mask_m, aux, C, scale_log2e,
+                         True, C_PAD, K_CHUNK, acc_dtype)
         p = tl.where(mask_m[None, :], tl.exp2(logits - lse[:, None]), 0.0)
-        dp = tl.dot(grad_out, tl.trans(aux), input_precision="ieee", out_dtype=acc_dtype)
+        dp = _dot_nt(grad_out_base, offs_n, mask_n, grad_out, aux_base, offs_m, mask_m, aux, C, scale_log2e,
+                     False, C_PAD, K_CHUNK, acc_dtype)
         p_dp = p * dp
         row_sum += tl.sum(p, 1)
         delta += tl.sum(p_dp, 1)
@@ -151,7 +155,8 @@ def _exchange_bwd_aux_kernel(
     GradOut, Query, Aux, Lse, Delta, RowScale, GradAux,
     N, M, C,
     SCALE_HI, SCALE_LO, SCALE_LOG2E_HI, SCALE_LOG2E_LO,
-    C_PAD: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, IS_FP64: tl.constexpr,
+    C_PAD: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, K_CHUNK: tl.constexpr,
+    IS_FP64: tl.constexpr,
 ):
     """d aux_w = sum_u P_uw dO_u (value role) + scale · sum_u dS_uw query_u (key role), in one accumulator."""
     pid_m = tl.program_id(0)
@@ -166,6 +171,7 @@ def _exchange_bwd_aux_kernel(
     mask_c = offs_c < C
     aux_offsets = batch * M * C + offs_m[:, None] * C + offs_c[None, :]
     aux = tl.load(Aux + aux_offsets, mask=mask_m[:, None] & mask_c[None, :], other=0.0)
+    aux_base = Aux + batch * M * C
     query_base = Query + batch * N * C
     grad_out_base = GradOut + batch * N * C
 
@@ -184,10 +190,11 @@ def _exchange_bwd_aux_kernel(
             # shape), so P and dP are bitwise the ones D_u and the row scale were built from; the float32
             # logits (~1e-5 absolute rounding at |logit| ~ 500) would otherwise disagree by that much
             # in every P of a peaked row. The transposes cost a layout conversion per tile.
-            logits = tl.dot(_prescale(query, scale_log2e), tl.trans(aux), input_precision="ieee",
-                            out_dtype=acc_dtype)
+            logits = _dot_nt(query_base, offs_n, mask_n, query, aux_base, offs_m, mask_m, aux, C, scale_log2e,
+                             True, C_PAD, K_CHUNK, acc_dtype)
             p = tl.where(mask_m[None, :], tl.exp2(logits - lse[:, None]), 0.0) * row_scale[:, None]
-            dp = tl.dot(grad_out, tl.trans(aux), input_precision="ieee", out_dtype=acc_dtype)
+            dp = _dot_nt(grad_out_base, offs_n, mask_n, grad_out, aux_base, offs_m, mask_m, aux, C, scale_log2e,
+                         False, C_PAD, K_CHUNK, acc_dtype)
             p_t = tl.trans(p)
             ds_t = tl.trans(p * (dp - delta[:, None])) * scale
         else:
@@ -228,7 +235,8 @@ def exchange_forward(query: torch.Tensor, aux: torch.Tensor, scale: float) -> tu
     grid = (triton.cdiv(n, config.block_n), batch)
     _exchange_fwd_kernel[grid](
         query, aux, out, lse, n, m, c, *split_scalar(log2_scale(scale)),
-        C_PAD=c_pad, BLOCK_N=config.block_n, BLOCK_M=config.block_m, IS_FP64=query.dtype == torch.float64,
+        C_PAD=c_pad, BLOCK_N=config.block_n, BLOCK_M=config.block_m, K_CHUNK=config.k_chunk,
+        IS_FP64=query.dtype == torch.float64,
         num_warps=config.num_warps, num_stages=config.num_stages,
     )
     return out, lse
@@ -255,7 +263,7 @@ def exchange_backward(grad_out, query, aux, out, lse, scale: float) -> tuple[tor
     delta = torch.empty((batch, n), dtype=lse.dtype, device=query.device)
     row_scale = torch.empty((batch, n), dtype=lse.dtype, device=query.device)
     scalars = (*split_scalar(scale), *split_scalar(log2_scale(scale)))
-    constexprs = dict(C_PAD=c_pad, BLOCK_N=config.block_n, BLOCK_M=config.block_m,
+    constexprs = dict(C_PAD=c_pad, BLOCK_N=config.block_n, BLOCK_M=config.block_m, K_CHUNK=config.k_chunk,
                       IS_FP64=query.dtype == torch.float64)
     launch = dict(num_warps=config.num_warps, num_stages=config.num_stages)
     _exchange_bwd_query_kernel[(triton.cdiv(n, config.block_n), batch)](
@@ -275,14 +283,14 @@ def exchange_specializations() -> list:
         for c_pad in CHANNEL_PADS:
             tag = f"{triton_type(dtype)}_c{c_pad}"
             config = launch_config("exchange_fwd", c_pad, dtype)
-            constexprs = dict(C_PAD=c_pad, BLOCK_N=config.block_n, BLOCK_M=config.block_m,
+            constexprs = dict(C_PAD=c_pad, BLOCK_N=config.block_n, BLOCK_M=config.block_m, K_CHUNK=config.k_chunk,
                               IS_FP64=dtype == torch.float64)
             specs.append(make_specialization(
                 f"exchange_fwd_{tag}", _exchange_fwd_kernel,
                 dict(Query=feat, Aux=feat, Out=feat, Lse=stat, **ints, SCALE_LOG2E_HI="fp32", SCALE_LOG2E_LO="fp32"),
                 constexprs, config))
             config = launch_config("exchange_bwd", c_pad, dtype)
-            constexprs = dict(constexprs, BLOCK_N=config.block_n, BLOCK_M=config.block_m)
+            constexprs = dict(constexprs, BLOCK_N=config.block_n, BLOCK_M=config.block_m, K_CHUNK=config.k_chunk)
             scalars = dict(SCALE_HI="fp32", SCALE_LO="fp32", SCALE_LOG2E_HI="fp32", SCALE_LOG2E_LO="fp32")
             specs.append(make_specialization(
                 f"exchange_bwd_query_{tag}", _exchange_bwd_query_kernel,

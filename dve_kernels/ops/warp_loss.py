@@ -21,8 +21,7 @@ from ._common import (
     POW_MODES,
     _distance_power,
     _join_scalar,
-    _postscale,
-    _prescale,
+    _dot_nt,
     accumulator_dtype,
     channel_pad,
     check_runnable,
@@ -45,7 +44,8 @@ def _warp_fwd_kernel(
     Src, Tgt, SrcXY, TgtXY, Rows, Lse,
     N, M, C,
     SCALE_LOG2E_HI, SCALE_LOG2E_LO, POW_HALF_HI, POW_HALF_LO,
-    C_PAD: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, POW_MODE: tl.constexpr,
+    C_PAD: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, K_CHUNK: tl.constexpr,
+    POW_MODE: tl.constexpr,
     IS_FP64: tl.constexpr,
 ):
     pid_n = tl.program_id(0)
@@ -58,9 +58,8 @@ def _warp_fwd_kernel(
     offs_c = tl.arange(0, C_PAD)
     mask_n = offs_n < N
     mask_c = offs_c < C  # padded channels read as 0 and add nothing to the dot products
-    src = tl.load(Src + batch * N * C + offs_n[:, None] * C + offs_c[None, :],
-                  mask=mask_n[:, None] & mask_c[None, :], other=0.0)
-    src = _prescale(src, scale_log2e)
+    src_base = Src + batch * N * C
+    src = tl.load(src_base + offs_n[:, None] * C + offs_c[None, :], mask=mask_n[:, None] & mask_c[None, :], other=0.0)
     src_x = tl.load(SrcXY + batch * N * 2 + offs_n * 2, mask=mask_n, other=0.0)
     src_y = tl.load(SrcXY + batch * N * 2 + offs_n * 2 + 1, mask=mask_n, other=0.0)
     tgt_base = Tgt + batch * M * C
@@ -77,8 +76,8 @@ def _warp_fwd_kernel(
         tgt_x = tl.load(tgt_xy_base + offs_m * 2, mask=mask_m, other=0.0)
         tgt_y = tl.load(tgt_xy_base + offs_m * 2 + 1, mask=mask_m, other=0.0)
         # ieee: float32 must not silently run in TF32 (SPEC.md section 4)
-        logits = _postscale(tl.dot(src, tl.trans(tgt), input_precision="ieee", out_dtype=acc_dtype), src,
-                            scale_log2e)
+        logits = _dot_nt(src_base, offs_n, mask_n, src, tgt_base, offs_m, mask_m, tgt, C, scale_log2e,
+                         True, C_PAD, K_CHUNK, acc_dtype)
         logits = tl.where(mask_m[None, :], logits, float("-inf"))
         dx = src_x[:, None] - tgt_x[None, :]
         dy = src_y[:, None] - tgt_y[None, :]
@@ -99,7 +98,8 @@ def _warp_bwd_src_kernel(
     GradRows, Src, Tgt, SrcXY, TgtXY, Lse, RowsBwd, RowScale, GradSrc,
     N, M, C,
     SCALE_HI, SCALE_LO, SCALE_LOG2E_HI, SCALE_LOG2E_LO, POW_HALF_HI, POW_HALF_LO,
-    C_PAD: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, POW_MODE: tl.constexpr,
+    C_PAD: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, K_CHUNK: tl.constexpr,
+    POW_MODE: tl.constexpr,
     IS_FP64: tl.constexpr,
 ):
     """d src_u = scale · upstream_u · sum_v p_uv (d_uv - L_u) tgt_v, one source tile per program.
@@ -122,7 +122,8 @@ def _warp_bwd_src_kernel(
     mask_n = offs_n < N
     mask_c = offs_c < C
     src_offsets = batch * N * C + offs_n[:, None] * C + offs_c[None, :]
-    src = _prescale(tl.load(Src + src_offsets, mask=mask_n[:, None] & mask_c[None, :], other=0.0), scale_log2e)
+    src = tl.load(Src + src_offsets, mask=mask_n[:, None] & mask_c[None, :], other=0.0)
+    src_base = Src + batch * N * C
     src_x = tl.load(SrcXY + batch * N * 2 + offs_n * 2, mask=mask_n, other=0.0)
     src_y = tl.load(SrcXY + batch * N * 2 + offs_n * 2 + 1, mask=mask_n, other=0.0)
     lse = tl.load(Lse + batch * N + offs_n, mask=mask_n, other=0.0)
@@ -141,8 +142,8 @@ def _warp_bwd_src_kernel(
                       mask=mask_m[:, None] & mask_c[None, :], other=0.0)
         tgt_x = tl.load(tgt_xy_base + offs_m * 2, mask=mask_m, other=0.0)
         tgt_y = tl.load(tgt_xy_base + offs_m * 2 + 1, mask=mask_m, other=0.0)
-        logits = _postscale(tl.dot(src, tl.trans(tgt), input_precision="ieee", out_dtype=acc_dtype), src,
-                            scale_log2e)
+        logits = _dot_nt(src_base, offs_n, mask_n, src, tgt_base, offs_m, mask_m, tgt, C, scale_log2e,
+                         True, C_PAD, K_CHUNK, acc_dtype)
         p = tl.where(mask_m[None, :], tl.exp2(logits - lse[:, None]), 0.0)
         dx = src_x[:, None] - tgt_x[None, :]
         dy = src_y[:, None] - tgt_y[None, :]
@@ -165,7 +166,8 @@ def _warp_bwd_tgt_kernel(
     GradRows, Src, Tgt, SrcXY, TgtXY, Lse, RowsBwd, RowScale, GradTgt,
     N, M, C,
     SCALE_HI, SCALE_LO, SCALE_LOG2E_HI, SCALE_LOG2E_LO, POW_HALF_HI, POW_HALF_LO,
-    C_PAD: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, POW_MODE: tl.constexpr,
+    C_PAD: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, K_CHUNK: tl.constexpr,
+    POW_MODE: tl.constexpr,
     IS_FP64: tl.constexpr,
 ):
     """d tgt_v = scale · sum_u p_uv (d_uv - L_u) upstream_u · src_u, one target tile per program."""
@@ -203,7 +205,8 @@ def _warp_bwd_tgt_kernel(
         if tgt.dtype.primitive_bitwidth >= 32:
             # 32/64-bit: the very expressions of the src kernel (operands, orientation, tile shape), so p
             # and d are bitwise the ones L_u and the row scale were built from (see the exchange aux kernel)
-            logits = tl.dot(_prescale(src, scale_log2e), tl.trans(tgt), input_precision="ieee", out_dtype=acc_dtype)
+            logits = _dot_nt(src_base, offs_n, mask_n, src, Tgt + batch * M * C, offs_m, mask_m, tgt, C,
+                             scale_log2e, True, C_PAD, K_CHUNK, acc_dtype)
             p = tl.where(mask_m[None, :], tl.exp2(logits - lse[:, None]), 0.0)
             dx = src_x[:, None] - tgt_x[None, :]
             dy = src_y[:, None] - tgt_y[None, :]
@@ -259,7 +262,8 @@ def warp_loss_forward(src, tgt, src_xy, tgt_xy, pow: float, scale: float) -> tup
     _warp_fwd_kernel[(triton.cdiv(n, config.block_n), batch)](
         src, tgt, src_xy, tgt_xy, rows, lse, n, m, c,
         *split_scalar(log2_scale(scale)), *split_scalar(0.5 * pow),
-        C_PAD=c_pad, BLOCK_N=config.block_n, BLOCK_M=config.block_m, POW_MODE=pow_mode(pow),
+        C_PAD=c_pad, BLOCK_N=config.block_n, BLOCK_M=config.block_m, K_CHUNK=config.k_chunk,
+        POW_MODE=pow_mode(pow),
         IS_FP64=src.dtype == torch.float64, num_warps=config.num_warps, num_stages=config.num_stages,
     )
     return rows, lse
@@ -282,7 +286,8 @@ def warp_loss_backward(grad_rows, src, tgt, src_xy, tgt_xy, rows, lse, pow: floa
     rows_backward = torch.empty_like(rows)
     row_scale = torch.empty_like(rows)
     scalars = (*split_scalar(scale), *split_scalar(log2_scale(scale)), *split_scalar(0.5 * pow))
-    constexprs = dict(C_PAD=c_pad, BLOCK_N=config.block_n, BLOCK_M=config.block_m, POW_MODE=pow_mode(pow),
+    constexprs = dict(C_PAD=c_pad, BLOCK_N=config.block_n, BLOCK_M=config.block_m, K_CHUNK=config.k_chunk,
+                      POW_MODE=pow_mode(pow),
                       IS_FP64=src.dtype == torch.float64)
     launch = dict(num_warps=config.num_warps, num_stages=config.num_stages)
     _warp_bwd_src_kernel[(triton.cdiv(n, config.block_n), batch)](
@@ -303,7 +308,8 @@ def warp_loss_specializations() -> list:
             for mode in POW_MODES:
                 tag = f"{triton_type(dtype)}_c{c_pad}_{POW_MODE_NAMES[mode]}"
                 config = launch_config("warp_fwd", c_pad, dtype)
-                constexprs = dict(C_PAD=c_pad, BLOCK_N=config.block_n, BLOCK_M=config.block_m, POW_MODE=mode,
+                constexprs = dict(C_PAD=c_pad, BLOCK_N=config.block_n, BLOCK_M=config.block_m,
+                                  K_CHUNK=config.k_chunk, POW_MODE=mode,
                                   IS_FP64=dtype == torch.float64)
                 specs.append(make_specialization(
                     f"warp_fwd_{tag}", _warp_fwd_kernel,
@@ -311,7 +317,8 @@ def warp_loss_specializations() -> list:
                          SCALE_LOG2E_HI="fp32", SCALE_LOG2E_LO="fp32", POW_HALF_HI="fp32", POW_HALF_LO="fp32"),
                     constexprs, config))
                 config = launch_config("warp_bwd", c_pad, dtype)
-                constexprs = dict(constexprs, BLOCK_N=config.block_n, BLOCK_M=config.block_m)
+                constexprs = dict(constexprs, BLOCK_N=config.block_n, BLOCK_M=config.block_m,
+                                  K_CHUNK=config.k_chunk)
                 arg_types = dict(GradRows=stat, Src=feat, Tgt=feat, SrcXY=stat, TgtXY=stat, Lse=stat,
                                  RowsBwd=stat, RowScale=stat,
                                  GradSrc=feat, GradTgt=feat, **ints, SCALE_HI="fp32", SCALE_LO="fp32",
