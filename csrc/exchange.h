@@ -3,7 +3,7 @@
 //   out_u = sum_w p_uw aux_w,   p_uw = softmax_w(scale * <query_u, aux_w>)
 //
 // aux is keys and values at once: softmax attention with K = V = aux. Shapes: query (B, N, C),
-// aux (B, M, C), out (B, N, C), lse (B, N) = log sum_w exp(logit_uw) (saved for the backward).
+// aux (B, M, C), out (B, N, C), lse (B, N) = log sum_w exp(logit_uw) in double (saved for the backward).
 //
 // Forward: one task per (batch, tile of kTileRows queries); online softmax over tiles of
 // kTileCols aux rows (running max m, running sum l, rescaled accumulator), no N x M buffer.
@@ -23,7 +23,7 @@ namespace dve {
 inline namespace DVE_ISA_NS {
 
 template <class S>
-void exchange_forward(const S* query, const S* aux, S* out, compute_t<S>* lse, std::int64_t batch,
+void exchange_forward(const S* query, const S* aux, S* out, double* lse, std::int64_t batch,
                       std::int64_t n_query, std::int64_t n_aux, std::int64_t channels, double scale,
                       int num_threads = 0) {
   using A = compute_t<S>;
@@ -83,13 +83,13 @@ void exchange_forward(const S* query, const S* aux, S* out, compute_t<S>* lse, s
       const A* acc_row = acc.data() + r * padded;
       S* out_row = out + (b * n_query + u0 + r) * channels;
       for (std::int64_t c = 0; c < channels; ++c) out_row[c] = storage_traits<S>::store(acc_row[c] * inv);
-      lse[b * n_query + u0 + r] = running_max[r] + std::log(running_sum[r]);
+      lse[b * n_query + u0 + r] = log_sum_exp(running_max[r], running_sum[r]);
     }
   }
 }
 
 template <class S>
-void exchange_backward(const S* grad_out, const S* query, const S* aux, const S* out, const compute_t<S>* lse,
+void exchange_backward(const S* grad_out, const S* query, const S* aux, const S* out, const double* lse,
                        S* grad_query, S* grad_aux, std::int64_t batch, std::int64_t n_query, std::int64_t n_aux,
                        std::int64_t channels, double scale, int num_threads = 0) {
   using A = compute_t<S>;
@@ -117,7 +117,7 @@ void exchange_backward(const S* grad_out, const S* query, const S* aux, const S*
     std::vector<A> q_tile(kTileRows * padded), dout_tile(kTileRows * padded), grad_q(kTileRows * padded);
     std::vector<A> aux_rows(kTileCols * padded), aux_t(channels * kTileCols);
     std::vector<A> prob(kTileRows * kTileCols), dlogit(kTileRows * kTileCols);
-    A delta[kTileRows], row_lse[kTileRows];
+    A delta[kTileRows], lse_hi[kTileRows], lse_lo[kTileRows];
 
     for (std::int64_t tile = tile_begin; tile < tile_end; ++tile) {
       const std::int64_t u0 = tile * kTileRows;
@@ -133,7 +133,9 @@ void exchange_backward(const S* grad_out, const S* query, const S* aux, const S*
         const A* dout_row = dout_tile.data() + r * padded;
         for (std::int64_t c = 0; c < channels; ++c) d += dout_row[c] * storage_traits<S>::load(out_row[c]);
         delta[r] = d;
-        row_lse[r] = lse[row0 + r];
+        const split_lse<A> split(lse[row0 + r]);
+        lse_hi[r] = split.hi;
+        lse_lo[r] = split.lo;
       }
 
       for (std::int64_t v0 = 0; v0 < n_aux; v0 += kTileCols) {
@@ -147,7 +149,7 @@ void exchange_backward(const S* grad_out, const S* query, const S* aux, const S*
           A* p_row = prob.data() + r * kTileCols;
           A* d_row = dlogit.data() + r * kTileCols;
           for (int k = 0; k < kTileCols; ++k) {
-            const A p = k < nv ? fast_exp(p_row[k] - row_lse[r]) : A(0);
+            const A p = k < nv ? fast_exp((p_row[k] - lse_hi[r]) - lse_lo[r]) : A(0);
             p_row[k] = p;
             d_row[k] = p * (d_row[k] - delta[r]);
           }

@@ -3,7 +3,7 @@
 //   rows_u = sum_v p(v|u) * ||src_xy_u - tgt_xy_v||^pow,   p(v|u) = softmax_v(scale * <src_u, tgt_v>)
 //
 // Shapes: src (B, N, C), tgt (B, M, C), src_xy (B, N, 2), tgt_xy (B, M, 2) in pixels (compute type,
-// no gradient), rows (B, N) and lse (B, N) in the compute type. Distances are computed from the
+// no gradient), rows (B, N) in the compute type and lse (B, N) in double (see common.h). Distances are computed from the
 // coordinates in registers, never stored.
 //
 // Backward, with g_u = grad_rows_u and d_uv the distance term:
@@ -43,7 +43,7 @@ inline void load_coordinates(const A* xy, int count, A* tx, A* ty) {
 
 template <PowMode mode, class S>
 void warp_loss_forward_impl(const S* src, const S* tgt, const compute_t<S>* src_xy, const compute_t<S>* tgt_xy,
-                            compute_t<S>* rows_out, compute_t<S>* lse, std::int64_t batch, std::int64_t n_src,
+                            compute_t<S>* rows_out, double* lse, std::int64_t batch, std::int64_t n_src,
                             std::int64_t n_tgt, std::int64_t channels, double pow, double scale, int num_threads) {
   using A = compute_t<S>;
   const std::int64_t padded = padded_channels<A>(channels);
@@ -99,14 +99,14 @@ void warp_loss_forward_impl(const S* src, const S* tgt, const compute_t<S>* src_
     }
     for (int r = 0; r < nu; ++r) {
       rows_out[row0 + r] = running_dist[r] / running_sum[r];
-      lse[row0 + r] = running_max[r] + std::log(running_sum[r]);
+      lse[row0 + r] = log_sum_exp(running_max[r], running_sum[r]);
     }
   }
 }
 
 template <PowMode mode, class S>
 void warp_loss_backward_impl(const compute_t<S>* grad_rows, const S* src, const S* tgt, const compute_t<S>* src_xy,
-                             const compute_t<S>* tgt_xy, const compute_t<S>* rows_in, const compute_t<S>* lse,
+                             const compute_t<S>* tgt_xy, const compute_t<S>* rows_in, const double* lse,
                              S* grad_src, S* grad_tgt, std::int64_t batch, std::int64_t n_src, std::int64_t n_tgt,
                              std::int64_t channels, double pow, double scale, int num_threads) {
   using A = compute_t<S>;
@@ -134,7 +134,7 @@ void warp_loss_backward_impl(const compute_t<S>* grad_rows, const S* src, const 
 
     std::vector<A> src_tile(kTileRows * padded), grad_s(kTileRows * padded);
     std::vector<A> tgt_rows(kTileCols * padded), tgt_t(channels * kTileCols), dlogit(kTileRows * kTileCols);
-    A row_lse[kTileRows], row_value[kTileRows], row_grad[kTileRows];
+    A lse_hi[kTileRows], lse_lo[kTileRows], row_value[kTileRows], row_grad[kTileRows];
     A tx[kTileCols], ty[kTileCols], dist[kTileCols];
 
     for (std::int64_t tile = tile_begin; tile < tile_end; ++tile) {
@@ -145,7 +145,9 @@ void warp_loss_backward_impl(const compute_t<S>* grad_rows, const S* src, const 
       load_rows(src_tile.data(), kTileRows, src + row0 * channels, nu, channels, padded, scale_a);
       std::fill(grad_s.begin(), grad_s.end(), A(0));
       for (int r = 0; r < nu; ++r) {
-        row_lse[r] = lse[row0 + r];
+        const split_lse<A> split(lse[row0 + r]);
+        lse_hi[r] = split.hi;
+        lse_lo[r] = split.lo;
         row_value[r] = rows_in[row0 + r];
         row_grad[r] = grad_rows[row0 + r];
       }
@@ -161,7 +163,7 @@ void warp_loss_backward_impl(const compute_t<S>* grad_rows, const S* src, const 
           A* row = dlogit.data() + r * kTileCols;
           distance_row<mode>(src_xy[2 * (row0 + r)], src_xy[2 * (row0 + r) + 1], tx, ty, half_pow, dist);
           for (int k = 0; k < kTileCols; ++k) {
-            const A p = k < nv ? fast_exp(row[k] - row_lse[r]) : A(0);
+            const A p = k < nv ? fast_exp((row[k] - lse_hi[r]) - lse_lo[r]) : A(0);
             row[k] = p * (dist[k] - row_value[r]) * row_grad[r];
           }
         }
@@ -198,7 +200,7 @@ void warp_loss_backward_impl(const compute_t<S>* grad_rows, const S* src, const 
 
 template <class S>
 void warp_loss_forward(const S* src, const S* tgt, const compute_t<S>* src_xy, const compute_t<S>* tgt_xy,
-                       compute_t<S>* rows, compute_t<S>* lse, std::int64_t batch, std::int64_t n_src,
+                       compute_t<S>* rows, double* lse, std::int64_t batch, std::int64_t n_src,
                        std::int64_t n_tgt, std::int64_t channels, double pow, double scale, int num_threads = 0) {
   switch (pow_mode(pow)) {
     case PowMode::quarter_root:
@@ -218,7 +220,7 @@ void warp_loss_forward(const S* src, const S* tgt, const compute_t<S>* src_xy, c
 
 template <class S>
 void warp_loss_backward(const compute_t<S>* grad_rows, const S* src, const S* tgt, const compute_t<S>* src_xy,
-                        const compute_t<S>* tgt_xy, const compute_t<S>* rows, const compute_t<S>* lse, S* grad_src,
+                        const compute_t<S>* tgt_xy, const compute_t<S>* rows, const double* lse, S* grad_src,
                         S* grad_tgt, std::int64_t batch, std::int64_t n_src, std::int64_t n_tgt, std::int64_t channels,
                         double pow, double scale, int num_threads = 0) {
   switch (pow_mode(pow)) {

@@ -5,9 +5,9 @@ Importing this module raises :class:`ImportError` (with the command that builds 
 
 ``dve_kernels._C`` registers four ops with ``TORCH_LIBRARY`` (schemas in ``python/bindings.cpp``)::
 
-    torch.ops.dve_kernels.exchange_fwd_cpu(query, aux, scale) -> (out, lse)
+    torch.ops.dve_kernels.exchange_fwd_cpu(query, aux, scale) -> (out, lse)   # lse (B, N) float64
     torch.ops.dve_kernels.exchange_bwd_cpu(grad_out, query, aux, out, lse, scale) -> (grad_query, grad_aux)
-    torch.ops.dve_kernels.warp_loss_fwd_cpu(src, tgt, src_xy, tgt_xy, pow, scale) -> (rows, lse)
+    torch.ops.dve_kernels.warp_loss_fwd_cpu(src, tgt, src_xy, tgt_xy, pow, scale) -> (rows, lse)   # lse float64
     torch.ops.dve_kernels.warp_loss_bwd_cpu(grad_rows, src, tgt, src_xy, tgt_xy, rows, lse, pow, scale)
         -> (grad_src, grad_tgt)
 
@@ -39,7 +39,7 @@ def is_available() -> bool:
 
 
 def _side_dtype(features: torch.Tensor) -> torch.dtype:
-    """dtype of coordinates, rows, lse and grad_rows: float64 for float64 features, else float32."""
+    """dtype of coordinates, rows and grad_rows: float64 for float64 features, else float32 (lse: always float64)."""
     return torch.float64 if features.dtype == torch.float64 else torch.float32
 
 
@@ -49,7 +49,7 @@ def _side_dtype(features: torch.Tensor) -> torch.dtype:
 
 @torch.library.register_fake("dve_kernels::exchange_fwd_cpu")
 def _exchange_fwd_fake(query, aux, scale):
-    return torch.empty_like(query), query.new_empty(query.shape[:2], dtype=_side_dtype(query))
+    return torch.empty_like(query), query.new_empty(query.shape[:2], dtype=torch.float64)
 
 
 @torch.library.register_fake("dve_kernels::exchange_bwd_cpu")
@@ -60,8 +60,7 @@ def _exchange_bwd_fake(grad_out, query, aux, out, lse, scale):
 @torch.library.register_fake("dve_kernels::warp_loss_fwd_cpu")
 def _warp_loss_fwd_fake(src, tgt, src_xy, tgt_xy, pow, scale):
     shape = src.shape[:2]
-    dtype = _side_dtype(src)
-    return src.new_empty(shape, dtype=dtype), src.new_empty(shape, dtype=dtype)
+    return src.new_empty(shape, dtype=_side_dtype(src)), src.new_empty(shape, dtype=torch.float64)
 
 
 @torch.library.register_fake("dve_kernels::warp_loss_bwd_cpu")

@@ -5,8 +5,10 @@
 //   exchange_bwd_cpu(grad_out, query, aux, out, lse, scale) -> (grad_query, grad_aux)
 //   warp_loss_fwd_cpu(src, tgt, src_xy, tgt_xy, pow, scale) -> (rows, lse)
 //   warp_loss_bwd_cpu(grad_rows, src, tgt, src_xy, tgt_xy, rows, lse, pow, scale) -> (grad_src, grad_tgt)
-// Features (B, N, C) / (B, M, C) are float32, float64, bfloat16 or float16; coordinates (B, ., 2), rows,
-// lse and grad_rows are float64 for float64 features and float32 otherwise. The fake (meta) kernels
+// Features (B, N, C) / (B, M, C) are float32, float64, bfloat16 or float16; coordinates (B, ., 2), rows
+// and grad_rows are float64 for float64 features and float32 otherwise. lse (B, N) is float64 for every
+// dtype: a float32 lse of logits ~400 is only 3e-5 exact, and that error would scale every probability
+// of its row in the backward (csrc/common.h, split_lse); saving 4 more bytes per row avoids it. The fake (meta) kernels
 // and the autograd formulas are registered from Python, in dve_kernels/_cpu.py.
 //
 // This file checks the tensors (TORCH_CHECK: the public API validated them already, so a failure here
@@ -86,7 +88,7 @@ Storage storage_of(const at::Tensor& t, const char* name) {
   }
 }
 
-// float64 for float64 features, float32 otherwise (coordinates, rows, lse, grad_rows).
+// float64 for float64 features, float32 otherwise (coordinates, rows, grad_rows).
 at::ScalarType side_dtype(const at::Tensor& features) {
   return features.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
 }
@@ -135,7 +137,7 @@ std::tuple<at::Tensor, at::Tensor> exchange_fwd_cpu(const at::Tensor& query_in, 
   const at::Tensor query = query_in.contiguous(), aux = aux_in.contiguous();
   const int64_t batch = query.size(0), n = query.size(1), m = aux.size(1), channels = query.size(2);
   at::Tensor out = at::empty_like(query);
-  at::Tensor lse = at::empty({batch, n}, query.options().dtype(side_dtype(query)));
+  at::Tensor lse = at::empty({batch, n}, query.options().dtype(at::kDouble));
   if (out.numel() > 0 || (batch > 0 && n > 0 && channels == 0)) {
     if (channels == 0) {
       lse.fill_(std::log(static_cast<double>(m)));
@@ -153,7 +155,7 @@ std::tuple<at::Tensor, at::Tensor> exchange_bwd_cpu(const at::Tensor& grad_out_i
   check_pair(query_in, aux_in, "query", "aux");
   check_same(grad_out_in, query_in, "grad_out", "query");
   check_same(out_in, query_in, "out", "query");
-  check_side(lse_in, side_dtype(query_in), {query_in.size(0), query_in.size(1)}, "lse");
+  check_side(lse_in, at::kDouble, {query_in.size(0), query_in.size(1)}, "lse");
   const at::Tensor grad_out = grad_out_in.contiguous(), query = query_in.contiguous(), aux = aux_in.contiguous(),
                    out = out_in.contiguous(), lse = lse_in.contiguous();
   const int64_t batch = query.size(0), n = query.size(1), m = aux.size(1), channels = query.size(2);
@@ -187,7 +189,7 @@ std::tuple<at::Tensor, at::Tensor> warp_loss_fwd_cpu(const at::Tensor& src_in, c
   const int64_t batch = src.size(0), n = src.size(1), m = tgt.size(1), channels = src.size(2);
   const auto options = src.options().dtype(side_dtype(src));
   at::Tensor rows = at::empty({batch, n}, options);
-  at::Tensor lse = at::empty({batch, n}, options);
+  at::Tensor lse = at::empty({batch, n}, src.options().dtype(at::kDouble));
   if (rows.numel() > 0) {
     kernels()->warp_loss_forward(storage_of(src, "src"), src.data_ptr(), tgt.data_ptr(), src_xy.data_ptr(),
                                  tgt_xy.data_ptr(), rows.data_ptr(), lse.data_ptr(), batch, n, m, channels, pow, scale,
@@ -206,7 +208,7 @@ std::tuple<at::Tensor, at::Tensor> warp_loss_bwd_cpu(const at::Tensor& grad_rows
   const std::vector<int64_t> row_shape{src_in.size(0), src_in.size(1)};
   check_side(grad_rows_in, dtype, row_shape, "grad_rows");
   check_side(rows_in, dtype, row_shape, "rows");
-  check_side(lse_in, dtype, row_shape, "lse");
+  check_side(lse_in, at::kDouble, row_shape, "lse");
   const at::Tensor grad_rows = grad_rows_in.contiguous(), src = src_in.contiguous(), tgt = tgt_in.contiguous(),
                    src_xy = src_xy_in.contiguous(), tgt_xy = tgt_xy_in.contiguous(), rows = rows_in.contiguous(),
                    lse = lse_in.contiguous();

@@ -11,8 +11,8 @@
 
 namespace dve_bind {
 
-// Storage dtype of the feature tensors. Coordinates, rows, lse and grad_rows are float64 for
-// f64 features and float32 otherwise.
+// Storage dtype of the feature tensors. Coordinates, rows and grad_rows are float64 for f64
+// features and float32 otherwise; lse is always float64 (see csrc/common.h, split_lse).
 enum class Storage : int { f32 = 0, f64 = 1, bf16 = 2, f16 = 3 };
 
 struct KernelTable {

@@ -30,7 +30,7 @@ void exchange_forward(Storage storage, const void* query, const void* aux, void*
   with_storage(storage, [&](auto* tag) {
     using S = std::remove_pointer_t<decltype(tag)>;
     dve::exchange_forward<S>(static_cast<const S*>(query), static_cast<const S*>(aux), static_cast<S*>(out),
-                             static_cast<A<S>*>(lse), batch, n, m, channels, scale, threads);
+                             static_cast<double*>(lse), batch, n, m, channels, scale, threads);
   });
 }
 
@@ -40,7 +40,7 @@ void exchange_backward(Storage storage, const void* grad_out, const void* query,
   with_storage(storage, [&](auto* tag) {
     using S = std::remove_pointer_t<decltype(tag)>;
     dve::exchange_backward<S>(static_cast<const S*>(grad_out), static_cast<const S*>(query),
-                              static_cast<const S*>(aux), static_cast<const S*>(out), static_cast<const A<S>*>(lse),
+                              static_cast<const S*>(aux), static_cast<const S*>(out), static_cast<const double*>(lse),
                               static_cast<S*>(grad_query), static_cast<S*>(grad_aux), batch, n, m, channels, scale,
                               threads);
   });
@@ -53,7 +53,7 @@ void warp_loss_forward(Storage storage, const void* src, const void* tgt, const 
     using S = std::remove_pointer_t<decltype(tag)>;
     dve::warp_loss_forward<S>(static_cast<const S*>(src), static_cast<const S*>(tgt),
                               static_cast<const A<S>*>(src_xy), static_cast<const A<S>*>(tgt_xy),
-                              static_cast<A<S>*>(rows), static_cast<A<S>*>(lse), batch, n, m, channels, pow, scale,
+                              static_cast<A<S>*>(rows), static_cast<double*>(lse), batch, n, m, channels, pow, scale,
                               threads);
   });
 }
@@ -67,7 +67,7 @@ void warp_loss_backward(Storage storage, const void* grad_rows, const void* src,
     dve::warp_loss_backward<S>(static_cast<const A<S>*>(grad_rows), static_cast<const S*>(src),
                                static_cast<const S*>(tgt), static_cast<const A<S>*>(src_xy),
                                static_cast<const A<S>*>(tgt_xy), static_cast<const A<S>*>(rows),
-                               static_cast<const A<S>*>(lse), static_cast<S*>(grad_src), static_cast<S*>(grad_tgt),
+                               static_cast<const double*>(lse), static_cast<S*>(grad_src), static_cast<S*>(grad_tgt),
                                batch, n, m, channels, pow, scale, threads);
   });
 }

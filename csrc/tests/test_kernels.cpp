@@ -131,7 +131,7 @@ void test_exchange(const Shape& s, double scale, double tolerance, int threads, 
   using A = dve::compute_t<S>;
   const auto q_s = to_storage<S>(q), a_s = to_storage<S>(a), dout_s = to_storage<S>(dout);
   std::vector<S> out_k(nq), gq_k(nq), ga_k(na);
-  std::vector<A> lse(static_cast<std::size_t>(s.batch) * s.n);
+  std::vector<double> lse(static_cast<std::size_t>(s.batch) * s.n);
   dve::exchange_forward(q_s.data(), a_s.data(), out_k.data(), lse.data(), s.batch, s.n, s.m, s.channels, scale, threads);
   dve::exchange_backward(dout_s.data(), q_s.data(), a_s.data(), out_k.data(), lse.data(), gq_k.data(), ga_k.data(),
                          s.batch, s.n, s.m, s.channels, scale, threads);
@@ -195,7 +195,8 @@ void test_warp_loss(const Shape& s, double pow, double scale, double tolerance, 
   const auto src_s = to_storage<S>(src), tgt_s = to_storage<S>(tgt);
   std::vector<A> src_xy_a(src_xy.begin(), src_xy.end()), tgt_xy_a(tgt_xy.begin(), tgt_xy.end());
   std::vector<A> grad_rows_a(grad_rows.begin(), grad_rows.end());
-  std::vector<A> rows_k(rows.size()), lse(rows.size());
+  std::vector<A> rows_k(rows.size());
+  std::vector<double> lse(rows.size());
   std::vector<S> gs_k(ns), gt_k(nt);
   dve::warp_loss_forward(src_s.data(), tgt_s.data(), src_xy_a.data(), tgt_xy_a.data(), rows_k.data(), lse.data(),
                          s.batch, s.n, s.m, s.channels, pow, scale, threads);
@@ -218,12 +219,13 @@ void test_non_finite() {
   // A NaN in the query must give a non-finite output row, never a finite wrong number.
   const Shape s{1, 5, 7, 3};
   std::vector<float> q(15, 0.5f), a(21, 0.25f), out(15);
-  std::vector<float> lse(5);
+  std::vector<double> lse(5);
   q[4] = NAN;
   dve::exchange_forward(q.data(), a.data(), out.data(), lse.data(), s.batch, s.n, s.m, s.channels, 1.0, 1);
   check(!std::isfinite(out[3]) && !std::isfinite(lse[1]), "exchange: NaN input gives non-finite output");
   check(std::isfinite(out[0]) && std::isfinite(lse[0]), "exchange: other rows stay finite");
-  std::vector<float> xy(10, 1.0f), txy(14, 2.0f), rows(5), lse2(5);
+  std::vector<float> xy(10, 1.0f), txy(14, 2.0f), rows(5);
+  std::vector<double> lse2(5);
   dve::warp_loss_forward(q.data(), a.data(), xy.data(), txy.data(), rows.data(), lse2.data(), 1, 5, 7, 3, 0.5, 1.0, 1);
   check(!std::isfinite(rows[1]), "warp_loss: NaN input gives non-finite rows");
 }

@@ -1,0 +1,418 @@
+"""The compiled CPU backend (dve_kernels._C through dve_kernels._cpu) against the dense reference.
+
+Values and every gradient in float64, float32 and bf16/fp16 storage over odd shapes and C = 1..256, every
+pow, logits of +-1e4, non-finite inputs, determinism (also across thread counts and instruction sets),
+the memory promise (no tensor of N·M elements), torch.library registration (opcheck, torch.compile), and
+the package without the extension.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+import dve_kernels
+from dve_kernels import reference
+
+_cpu = pytest.importorskip("dve_kernels._cpu", reason="dve_kernels._C is not built (pip install --no-build-isolation -e .)")
+ops = torch.ops.dve_kernels
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# (B, N, M, C): B = 1, N != M, odd and prime sizes, tile edges (64, 65, 129), every channel padding bucket
+SHAPES = [
+    (1, 1, 1, 1),
+    (2, 37, 53, 1),
+    (1, 97, 61, 3),
+    (2, 131, 67, 16),
+    (1, 67, 131, 33),
+    (3, 65, 64, 64),
+    (1, 129, 97, 256),
+]
+POWS = (0.5, 1.0, 2.0, 0.7)
+
+
+def _features(batch, rows, channels, dtype=torch.float64, normalize=True, generator=None):
+    """Random embeddings; ``normalize`` mimics normalize_vectors=True (unit length x 20: logits up to 400)."""
+    x = torch.randn(batch, rows, channels, dtype=torch.float64, generator=generator)
+    if normalize:
+        x = 20 * x / x.norm(dim=-1, keepdim=True)
+    return x.to(dtype)
+
+
+def _coords(batch, rows, dtype=torch.float64, extent=40.0):
+    return (torch.rand(batch, rows, 2, dtype=torch.float64) * extent).to(dtype)
+
+
+def _coordinate_dtype(dtype):
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _run(fn, inputs, upstream):
+    """fn(*inputs) and the gradients of <fn(*inputs), upstream> w.r.t. every input."""
+    inputs = [x.detach().clone().requires_grad_(True) for x in inputs]
+    out = fn(*inputs)
+    grads = torch.autograd.grad(out, inputs, upstream.to(out.dtype))
+    return [out.detach()] + [g.detach() for g in grads]
+
+
+def _err(a, b):
+    return (a.double() - b.double()).abs().max().item()
+
+
+def _norm(x):
+    return x.double().abs().max().item()
+
+
+def _exchange_cases(shape, dtype, scale=1.0, normalize=True):
+    batch, n, m, channels = shape
+    query = _features(batch, n, channels, normalize=normalize)
+    aux = _features(batch, m, channels, normalize=normalize)
+    upstream = torch.randn(batch, n, channels, dtype=torch.float64)
+    exact = _run(lambda q, a: reference.exchange(q, a, scale=scale), [query, aux], upstream)
+    fused = _run(lambda q, a: _cpu.exchange(q, a, scale), [query.to(dtype), aux.to(dtype)], upstream)
+    dense = _run(lambda q, a: reference.exchange(q, a, scale=scale), [query.to(dtype), aux.to(dtype)], upstream)
+    return exact, fused, dense
+
+
+def _warp_cases(shape, dtype, pow, scale=1.0, normalize=True):
+    batch, n, m, channels = shape
+    src = _features(batch, n, channels, normalize=normalize)
+    tgt = _features(batch, m, channels, normalize=normalize)
+    src_xy, tgt_xy = _coords(batch, n), _coords(batch, m)
+    upstream = torch.rand(batch, n, dtype=torch.float64) - 0.3
+    xy_dtype = _coordinate_dtype(dtype)
+
+    def fused_fn(s, t):
+        return _cpu.warp_loss_rows(s, t, src_xy.to(xy_dtype), tgt_xy.to(xy_dtype), pow, scale)
+
+    def dense_fn(s, t):
+        return reference.warp_loss_rows(s, t, src_xy.to(xy_dtype), tgt_xy.to(xy_dtype), pow, scale)
+
+    exact = _run(lambda s, t: reference.warp_loss_rows(s, t, src_xy, tgt_xy, pow, scale), [src, tgt], upstream)
+    fused = _run(fused_fn, [src.to(dtype), tgt.to(dtype)], upstream)
+    dense = _run(dense_fn, [src.to(dtype), tgt.to(dtype)], upstream)
+    return exact, fused, dense
+
+
+NAMES_EXCHANGE = ("out", "grad_query", "grad_aux")
+NAMES_WARP = ("rows", "grad_src", "grad_tgt")
+
+
+def _assert_float32_rule(exact, fused, dense, names):
+    """SPEC.md section 4: each result no further from float64 than max(2x dense float32 error, 1e-5 max-norm)."""
+    for name, e, f, d in zip(names, exact, fused, dense):
+        assert f.dtype == (torch.float32 if name != "rows" else torch.float32)
+        bound = max(2 * _err(d, e), 1e-5 * _norm(e))
+        assert _err(f, e) <= bound, f"{name}: fused fp32 error {_err(f, e):.3g} > bound {bound:.3g}"
+
+
+def _assert_low_precision_rule(exact, fused, dense, names, dtype):
+    """SPEC.md section 4 (16-bit storage): at most twice the dense computation's error in the same dtype.
+
+    The floor (a quarter of the dtype's epsilon, of the max-norm) covers cases where the dense error is
+    zero by luck (one-hot probabilities, C = 1)."""
+    floor = torch.finfo(dtype).eps / 4
+    for name, e, f, d in zip(names, exact, fused, dense):
+        bound = max(2 * _err(d, e), floor * _norm(e))
+        assert _err(f, e) <= bound, f"{name} ({dtype}): fused error {_err(f, e):.3g} > bound {bound:.3g}"
+
+
+# ------------------------------------------------------------------------------------------------ values, grads
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_exchange_float64(shape):
+    exact, fused, _ = _exchange_cases(shape, torch.float64, scale=0.05)
+    for name, e, f in zip(NAMES_EXCHANGE, exact, fused):
+        assert f.dtype == torch.float64
+        assert _err(f, e) <= 1e-10 * max(_norm(e), 1.0), name
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_exchange_float32(shape):
+    exact, fused, dense = _exchange_cases(shape, torch.float32)
+    _assert_float32_rule(exact, fused, dense, NAMES_EXCHANGE)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("shape", SHAPES[1:])
+def test_exchange_16bit_storage(shape, dtype):
+    exact, fused, dense = _exchange_cases(shape, dtype, scale=0.05)
+    assert fused[0].dtype == dtype
+    _assert_low_precision_rule(exact, fused, dense, NAMES_EXCHANGE, dtype)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("pow", POWS)
+def test_warp_loss_float64(shape, pow):
+    exact, fused, _ = _warp_cases(shape, torch.float64, pow, scale=0.05)
+    for name, e, f in zip(NAMES_WARP, exact, fused):
+        assert f.dtype == torch.float64
+        assert _err(f, e) <= 1e-10 * max(_norm(e), 1.0), name
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("pow", POWS)
+def test_warp_loss_float32(shape, pow):
+    exact, fused, dense = _warp_cases(shape, torch.float32, pow)
+    _assert_float32_rule(exact, fused, dense, NAMES_WARP)
+    # the loss (mean of the rows) within 1e-5 relative of the float64 reference
+    assert abs(fused[0].double().mean() - exact[0].mean()) <= 1e-5 * abs(exact[0].mean()) + 1e-12
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("shape", SHAPES[1:])
+def test_warp_loss_16bit_storage(shape, dtype):
+    exact, fused, dense = _warp_cases(shape, dtype, 0.5, scale=0.05)
+    assert fused[0].dtype == torch.float32
+    assert fused[1].dtype == dtype
+    _assert_low_precision_rule(exact, fused, dense, NAMES_WARP, dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_logits_of_1e4_stay_finite_and_correct(dtype):
+    """scale 25 with normalised x20 vectors: logits up to +-1e4 (near one-hot softmax)."""
+    shape = (1, 33, 45, 8)
+    for exact, fused, dense, names in (
+        (*_exchange_cases(shape, dtype, scale=25.0), NAMES_EXCHANGE),
+        (*_warp_cases(shape, dtype, 0.5, scale=25.0), NAMES_WARP),
+    ):
+        for name, e, f, d in zip(names, exact, fused, dense):
+            assert torch.isfinite(f).all(), name
+            if dtype == torch.float64:
+                assert _err(f, e) <= 1e-9 * max(_norm(e), 1.0), name
+            else:
+                assert _err(f, e) <= max(2 * _err(d, e), 1e-5 * _norm(e)), name
+
+
+def test_dve_loss_through_public_api_matches_reference():
+    """exchange + warp loss through dve_kernels' public functions with backend='cpu' (num_aux = 2)."""
+    batch, channels, size, stride = 3, 16, 9, 2
+    feats = torch.randn(2 * batch, channels, size, size, dtype=torch.float64)
+    theta = torch.tensor([[1.0, 0.1, 0.05], [-0.1, 0.95, 0.0]], dtype=torch.float64).expand(batch, 2, 3)
+    grid = torch.nn.functional.affine_grid(theta, (batch, 1, size * stride, size * stride), align_corners=True)
+    meta = {"grid": grid}
+    for loss in ("dense_correlation_loss", "dense_correlation_loss_dve"):
+        kwargs = {"num_aux": 2} if loss.endswith("dve") else {}
+        want_feats = feats.clone().requires_grad_(True)
+        want = getattr(reference, loss)(want_feats, meta, **kwargs)
+        (want_grad,) = torch.autograd.grad(want, want_feats)
+        got_feats = feats.clone().requires_grad_(True)
+        got = getattr(dve_kernels, loss)(got_feats, meta, backend="cpu", **kwargs)
+        (got_grad,) = torch.autograd.grad(got, got_feats)
+        assert _err(got, want) <= 1e-10 * abs(want.item()), loss
+        assert _err(got_grad, want_grad) <= 1e-10 * _norm(want_grad), loss
+
+
+def test_non_finite_inputs_give_non_finite_outputs():
+    query = _features(1, 9, 4, torch.float32)
+    aux = _features(1, 11, 4, torch.float32)
+    for bad in (float("nan"), float("inf")):
+        q = query.clone()
+        q[0, 3, 1] = bad
+        out = _cpu.exchange(q, aux, 1.0)
+        assert not torch.isfinite(out[0, 3]).all()
+        rows = _cpu.warp_loss_rows(q, aux, _coords(1, 9, torch.float32), _coords(1, 11, torch.float32), 0.5, 1.0)
+        assert not torch.isfinite(rows[0, 3])
+        assert not torch.isfinite(rows.mean())
+
+
+# ------------------------------------------------------------------------------------------------ determinism
+
+
+def _dve_forward_backward(src, tgt, aux, src_xy, tgt_xy):
+    src, tgt, aux = (x.detach().clone().requires_grad_(True) for x in (src, tgt, aux))
+    reconstructed = _cpu.exchange(src, aux, 1.0)
+    loss = _cpu.warp_loss_rows(reconstructed, tgt, src_xy, tgt_xy, 0.5, 1.0).mean()
+    loss.backward()
+    return [loss.detach(), src.grad, tgt.grad, aux.grad]
+
+
+def test_bitwise_deterministic_across_runs_and_thread_counts():
+    batch, n, m, channels = 2, 300, 257, 33
+    inputs = (_features(batch, n, channels, torch.float32), _features(batch, m, channels, torch.float32),
+              _features(batch, m, channels, torch.float32), _coords(batch, n, torch.float32),
+              _coords(batch, m, torch.float32))
+    threads = torch.get_num_threads()
+    try:
+        first = _dve_forward_backward(*inputs)
+        second = _dve_forward_backward(*inputs)
+        torch.set_num_threads(1)
+        single = _dve_forward_backward(*inputs)
+        torch.set_num_threads(3)
+        three = _dve_forward_backward(*inputs)
+    finally:
+        torch.set_num_threads(threads)
+    for other in (second, single, three):
+        for a, b in zip(first, other):
+            assert torch.equal(a, b)
+
+
+_ISA_SCRIPT = textwrap.dedent("""
+    import sys, torch
+    sys.path.insert(0, {root!r})
+    from dve_kernels import _cpu
+    g = torch.Generator().manual_seed(7)
+    q = torch.randn(2, 70, 33, generator=g); a = torch.randn(2, 45, 33, generator=g)
+    xy = torch.rand(2, 70, 2, generator=g) * 30; txy = torch.rand(2, 45, 2, generator=g) * 30
+    q.requires_grad_(); a.requires_grad_()
+    out = _cpu.exchange(q, a, 0.3)
+    rows = _cpu.warp_loss_rows(out, a, xy, txy, 0.5, 0.3)
+    rows.sum().backward()
+    torch.save({{"isa": _cpu.KERNEL_ISA, "rows": rows.detach(), "gq": q.grad, "ga": a.grad}}, sys.argv[1])
+""")
+
+
+def _supported_isas():
+    flags = open("/proc/cpuinfo").read() if os.path.exists("/proc/cpuinfo") else ""
+    isas = ["generic"]
+    if " avx2" in flags and " fma" in flags:
+        isas.append("avx2")
+    if all(f" {flag}" in flags for flag in ("avx512f", "avx512bw", "avx512dq", "avx512vl")):
+        isas.append("avx512")
+    return isas
+
+
+def test_every_instruction_set_gives_the_same_numbers(tmp_path):
+    """python/isa_*.cpp: the generic, AVX2 and (where the CPU has it) AVX-512 builds agree to rounding."""
+    results = {}
+    for isa in _supported_isas():
+        path = tmp_path / f"{isa}.pt"
+        env = dict(os.environ, DVE_KERNELS_ISA=isa, OMP_NUM_THREADS="2")
+        subprocess.run([sys.executable, "-c", _ISA_SCRIPT.format(root=ROOT), str(path)], check=True, env=env,
+                       timeout=120)
+        results[isa] = torch.load(path)
+        assert results[isa]["isa"] == isa
+    base = results["generic"]
+    for isa, got in results.items():
+        for key in ("rows", "gq", "ga"):
+            assert _err(got[key], base[key]) <= 1e-5 * _norm(base[key]), (isa, key)
+
+
+def test_unknown_instruction_set_fails_the_import_with_a_message():
+    env = dict(os.environ, DVE_KERNELS_ISA="sse9")
+    result = subprocess.run([sys.executable, "-c", f"import sys; sys.path.insert(0, {ROOT!r}); import dve_kernels._cpu"],
+                            env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0
+    assert "DVE_KERNELS_ISA=sse9" in result.stderr
+    assert "pip install --no-build-isolation -e ." in result.stderr
+
+
+# ------------------------------------------------------------------------------------------------ memory
+
+
+def test_no_tensor_grows_with_n_times_m():
+    """SPEC.md section 4, at a size where N·M (1.3M) is far above B·(N + M)·C (82K)."""
+    from dve_kernels.memory import AllocationRecorder
+
+    batch, n, m, channels = 1, 1031, 1283, 32
+    src = _features(batch, n, channels, torch.float32).requires_grad_(True)
+    tgt = _features(batch, m, channels, torch.float32).requires_grad_(True)
+    aux = _features(batch, m, channels, torch.float32).requires_grad_(True)
+    src_xy, tgt_xy = _coords(batch, n, torch.float32), _coords(batch, m, torch.float32)
+    with AllocationRecorder() as recorder:
+        reconstructed = _cpu.exchange(src, aux, 1.0)
+        loss = _cpu.warp_loss_rows(reconstructed, tgt, src_xy, tgt_xy, 0.5, 1.0).mean()
+        loss.backward()
+    assert recorder.records, "the recorder saw nothing"
+    assert recorder.largest_numel < n * m, recorder.largest_description()
+    assert recorder.largest_numel <= batch * max(n, m) * channels, recorder.largest_description()
+
+
+# ------------------------------------------------------------------------------------------------ registration
+
+
+def _op_samples(dtype):
+    batch, n, m, channels = 2, 13, 9, 5
+    query = _features(batch, n, channels, dtype)
+    aux = _features(batch, m, channels, dtype)
+    xy_dtype = _coordinate_dtype(dtype)
+    src_xy, tgt_xy = _coords(batch, n, xy_dtype), _coords(batch, m, xy_dtype)
+    out, lse = ops.exchange_fwd_cpu(query, aux, 0.3)
+    rows, lse_rows = ops.warp_loss_fwd_cpu(query, aux, src_xy, tgt_xy, 0.5, 0.3)
+    grad_out = torch.randn_like(out)
+    grad_rows = torch.randn_like(rows)
+    return [
+        (ops.exchange_fwd_cpu.default, (query.clone().requires_grad_(True), aux.clone().requires_grad_(True), 0.3)),
+        (ops.exchange_bwd_cpu.default, (grad_out, query, aux, out, lse, 0.3)),
+        (ops.warp_loss_fwd_cpu.default,
+         (query.clone().requires_grad_(True), aux.clone().requires_grad_(True), src_xy, tgt_xy, 0.5, 0.3)),
+        (ops.warp_loss_bwd_cpu.default, (grad_rows, query, aux, src_xy, tgt_xy, rows, lse_rows, 0.5, 0.3)),
+    ]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_opcheck_every_op(dtype):
+    for op, args in _op_samples(dtype):
+        torch.library.opcheck(op, args)
+
+
+def test_torch_compile_fullgraph_through_the_seam():
+    batch, n, m, channels = 2, 50, 37, 16
+    inputs = (_features(batch, n, channels, torch.float32), _features(batch, m, channels, torch.float32),
+              _features(batch, m, channels, torch.float32), _coords(batch, n, torch.float32),
+              _coords(batch, m, torch.float32))
+
+    def loss_fn(src, tgt, aux, src_xy, tgt_xy):
+        reconstructed = _cpu.exchange(src, aux, 1.0)
+        return _cpu.warp_loss_rows(reconstructed, tgt, src_xy, tgt_xy, 0.5, 1.0).mean()
+
+    def forward_backward(fn):
+        src, tgt, aux = (x.detach().clone().requires_grad_(True) for x in inputs[:3])
+        loss = fn(src, tgt, aux, *inputs[3:])
+        loss.backward()
+        return [loss.detach(), src.grad, tgt.grad, aux.grad]
+
+    torch._dynamo.reset()
+    compiled = torch.compile(loss_fn, fullgraph=True, backend="aot_eager")
+    for a, b in zip(forward_backward(compiled), forward_backward(loss_fn)):
+        assert torch.equal(a, b)
+
+
+def test_schemas_are_the_shared_ones():
+    schemas = {name: str(getattr(ops, name).default._schema) for name in
+               ("exchange_fwd_cpu", "exchange_bwd_cpu", "warp_loss_fwd_cpu", "warp_loss_bwd_cpu")}
+    assert schemas["exchange_fwd_cpu"] == "dve_kernels::exchange_fwd_cpu(Tensor query, Tensor aux, float scale) -> (Tensor, Tensor)"
+    assert "(Tensor grad_out, Tensor query, Tensor aux, Tensor out, Tensor lse, float scale)" in schemas["exchange_bwd_cpu"]
+    assert "(Tensor src, Tensor tgt, Tensor src_xy, Tensor tgt_xy, float pow, float scale)" in schemas["warp_loss_fwd_cpu"]
+    assert ("(Tensor grad_rows, Tensor src, Tensor tgt, Tensor src_xy, Tensor tgt_xy, Tensor rows, Tensor lse, "
+            "float pow, float scale)") in schemas["warp_loss_bwd_cpu"]
+
+
+def test_binding_rejects_bad_tensors_with_a_message():
+    query = torch.randn(2, 5, 3)
+    with pytest.raises(RuntimeError, match="aux .* must agree in batch and channels"):
+        ops.exchange_fwd_cpu(query, torch.randn(2, 4, 4), 1.0)
+    with pytest.raises(RuntimeError, match="must be float32, float64, bfloat16 or float16"):
+        ops.exchange_fwd_cpu(query.int(), torch.randn(2, 4, 3).int(), 1.0)
+    with pytest.raises(RuntimeError, match="src_xy must be Float"):
+        ops.warp_loss_fwd_cpu(query, query, torch.zeros(2, 5, 2, dtype=torch.float64), torch.zeros(2, 5, 2), 0.5, 1.0)
+
+
+# ------------------------------------------------------------------------------------------------ without _C
+
+
+def test_package_imports_without_the_extension():
+    script = textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {ROOT!r})
+        sys.modules["dve_kernels._C"] = None  # as if it was never built
+        import dve_kernels
+        from dve_kernels import functional
+        assert not functional.cpu_extension_available()
+        try:
+            import dve_kernels._cpu
+        except ImportError as error:
+            assert "pip install --no-build-isolation -e ." in str(error), error
+        else:
+            raise AssertionError("dve_kernels._cpu imported without _C")
+        print("ok")
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"
