@@ -44,7 +44,7 @@ def _out_dir(config) -> str:
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_configure(config):
-    if not hasattr(config.option, "benchmark_json") or config.option.benchmark_json:
+    if not hasattr(config.option, "benchmark_json") or config.option.benchmark_json or config.option.collectonly:
         return
     out = _out_dir(config)
     os.makedirs(out, exist_ok=True)
