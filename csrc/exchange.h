@@ -148,10 +148,12 @@ void exchange_backward(const S* grad_out, const S* query, const S* aux, const S*
         for (int r = 0; r < nu; ++r) {
           A* p_row = prob.data() + r * kTileCols;
           A* d_row = dlogit.data() + r * kTileCols;
+          // row constants in locals: the vectoriser cannot prove the row stores leave them alone
+          const A hi = lse_hi[r], lo = lse_lo[r], row_delta = delta[r];
           for (int k = 0; k < kTileCols; ++k) {
-            const A p = k < nv ? fast_exp((p_row[k] - lse_hi[r]) - lse_lo[r]) : A(0);
+            const A p = k < nv ? fast_exp((p_row[k] - hi) - lo) : A(0);
             p_row[k] = p;
-            d_row[k] = p * (d_row[k] - delta[r]);
+            d_row[k] = p * (d_row[k] - row_delta);
           }
         }
         // grad_q += dlogit @ aux;  grad_aux += dlogit^T @ (scale q) + P^T @ dO

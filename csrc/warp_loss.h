@@ -162,9 +162,11 @@ void warp_loss_backward_impl(const compute_t<S>* grad_rows, const S* src, const 
         for (int r = 0; r < nu; ++r) {
           A* row = dlogit.data() + r * kTileCols;
           distance_row<mode>(src_xy[2 * (row0 + r)], src_xy[2 * (row0 + r) + 1], tx, ty, half_pow, dist);
+          // row constants in locals: the vectoriser cannot prove the row stores leave them alone
+          const A hi = lse_hi[r], lo = lse_lo[r], value = row_value[r], grad = row_grad[r];
           for (int k = 0; k < kTileCols; ++k) {
-            const A p = k < nv ? fast_exp((row[k] - lse_hi[r]) - lse_lo[r]) : A(0);
-            row[k] = p * (dist[k] - row_value[r]) * row_grad[r];
+            const A p = k < nv ? fast_exp((row[k] - hi) - lo) : A(0);
+            row[k] = p * (dist[k] - value) * grad;
           }
         }
         // grad_src += dlogit @ tgt;  grad_tgt += dlogit^T @ (scale src)
