@@ -100,29 +100,34 @@ def build_parser() -> argparse.ArgumentParser:
     add("--dve", type=_bool, help="on: DVE loss (eq. 6); off: the plain warp loss (eq. 3)")
     add("--num-aux", dest="num_aux", type=int)
     add("--pow", type=float)
-    add("--backend", choices=["auto", "triton", "cpu", "reference"])
-    add("--dataset", choices=["synthetic", "folder", "celeba", "aflw", "300w"])
-    add("--data-root", dest="data_root")
-    add("--imwidth", type=int)
-    add("--crop", type=int)
+    add("--backend", choices=["auto", "triton", "cpu", "reference"],
+        help="loss backend: auto = triton on CUDA, the C++ kernels on CPU; reference = the dense path")
+    add("--dataset", choices=["synthetic", "folder", "celeba", "aflw", "300w"],
+        help="synthetic (built in, default), folder (any images), celeba (+MAFL), aflw (MTFL-style), 300w")
+    add("--data-root", dest="data_root", help="the dataset's folder in its published layout")
+    add("--imwidth", type=int, help="images are resized to this square size before warping")
+    add("--crop", type=int, help="pixels cut from every side after warping (input = imwidth - 2 crop)")
     add("--train-count", dest="train_count", type=int)
     add("--test-count", dest="test_count", type=int)
     add("--color-jitter", dest="color_jitter", type=float)
-    add("--epochs", type=int)
-    add("--max-steps", dest="max_steps", type=int)
-    add("--batch-size", dest="batch_size", type=int)
+    add("--epochs", type=int, help="training epochs")
+    add("--max-steps", dest="max_steps", type=int,
+        help="stop after this many optimizer steps (still checkpoints, evaluates and draws)")
+    add("--batch-size", dest="batch_size", type=int, help="image pairs per step over all processes")
     add("--lr", type=float)
-    add("--lr-milestones", dest="lr_milestones", type=float, nargs="*")
+    add("--lr-milestones", dest="lr_milestones", type=float, nargs="*",
+        help="epochs (as fractions of --epochs) where the learning rate is multiplied by --lr-gamma")
     add("--lr-gamma", dest="lr_gamma", type=float)
-    add("--amp", type=_bool)
+    add("--amp", type=_bool, help="mixed precision on CUDA (bf16 where supported, else fp16 + grad scaling)")
     add("--seed", type=int)
     add("--workers", type=int)
-    add("--checkpoint-every", dest="checkpoint_every", type=int)
-    add("--eval-pairs", dest="eval_pairs", type=int)
+    add("--checkpoint-every", dest="checkpoint_every", type=int,
+        help="also checkpoint every N steps (checkpoints are always written at the end of every epoch)")
+    add("--eval-pairs", dest="eval_pairs", type=int, help="test pairs for the matching errors")
     add("--regression-train", dest="regression_train", type=int)
     add("--regression-test", dest="regression_test", type=int)
     add("--regression-steps", dest="regression_steps", type=int)
-    add("--model-width", dest="model_width", type=float)
+    add("--model-width", dest="model_width", type=float, help="SmallNet channel multiplier (1 = the paper's)")
     return parser
 
 
