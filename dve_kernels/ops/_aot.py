@@ -1,6 +1,6 @@
 """Ahead-of-time compilation of every kernel specialisation, on a machine with no GPU.
 
-``python -m dve_kernels.ops._aot --arch 80 [--arch 90] [--filter SUBSTRING]`` compiles each entry of
+``python -m dve_kernels.ops._aot [--arch 80] [--arch 90] [--match REGEX] [--jobs N]`` compiles each entry of
 :func:`dve_kernels.ops.kernel_specializations` with ``triton.compile`` for a CUDA target, runs the
 ``ptxas`` shipped with Triton with ``-v`` on the PTX, and prints one JSON line per kernel:
 name, arch, registers, spill stores/loads (bytes), shared memory (bytes), compile seconds, error.
@@ -71,8 +71,12 @@ def ptxas_report(ptx: str, arch: int) -> dict:
     }
 
 
-def compile_specialization(spec, arch: int) -> dict:
-    """Compile one Specialization for ``sm_<arch>``; returns the figures the AOT test checks."""
+def compile_specialization(spec, arch: int, return_compiled: bool = False):
+    """Compile one Specialization for ``sm_<arch>``; returns the figures the AOT test checks.
+
+    With ``return_compiled`` also the ``CompiledKernel`` (``asm["ptx"]``, ``asm["cubin"]``), as
+    ``(report, compiled)``, for the static kernel report in bench/.
+    """
     import triton  # noqa: PLC0415
     from triton.backends.compiler import GPUTarget  # noqa: PLC0415
     from triton.compiler import ASTSource  # noqa: PLC0415
@@ -87,7 +91,7 @@ def compile_specialization(spec, arch: int) -> dict:
     report.update(name=spec.name, arch=arch, shared=compiled.metadata.shared, num_warps=spec.num_warps,
                   num_stages=spec.num_stages, shared_limit=SHARED_MEMORY_LIMIT[arch],
                   seconds=round(time.perf_counter() - start, 2))
-    return report
+    return (report, compiled) if return_compiled else report
 
 
 def _worker(args) -> dict:
@@ -104,7 +108,7 @@ def _worker(args) -> dict:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", type=int, action="append", choices=sorted(SHARED_MEMORY_LIMIT))
-    parser.add_argument("--filter", default="", help="compile only names containing this")
+    parser.add_argument("--match", default="", help="compile only names this regular expression finds")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     args = parser.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
@@ -113,7 +117,8 @@ def main(argv=None) -> int:
     from dve_kernels.ops import kernel_specializations  # noqa: PLC0415
 
     specs = kernel_specializations()
-    work = [(i, arch) for arch in (args.arch or [80, 90]) for i, spec in enumerate(specs) if args.filter in spec.name]
+    pattern = re.compile(args.match)
+    work = [(i, arch) for arch in (args.arch or [80, 90]) for i, spec in enumerate(specs) if pattern.search(spec.name)]
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
         for report in pool.map(_worker, work):
             print(json.dumps(report), flush=True)

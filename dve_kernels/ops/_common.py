@@ -62,8 +62,10 @@ def launch_config(pass_name: str, c_pad: int, dtype: torch.dtype) -> LaunchConfi
     grows and warps doubled where a BLOCK x C_PAD float32 accumulator would pass ~64 registers per
     thread. 32/64-bit data runs FMA dots (float32 must stay IEEE, SPEC.md section 4): small tiles
     and K_CHUNK-channel slices of the logit dot, because an FMA dot keeps every channel of its operand
-    rows in registers (32 x 32 tiles spilled from C_PAD = 32 on in float32, 16 x 16 did not). Every result is compiled for sm_80 and sm_90 by tests/test_triton_aot.py, which
-    fails on any spill or shared-memory overflow; the numbers below are the largest that passed it.
+    rows in registers (32 x 32 tiles spilled from C_PAD = 16 on in float32, 16 x 16 did not; float64
+    needs 8 warps from C_PAD = 64 on). Every result is compiled for sm_80 and sm_90 by
+    tests/test_triton_aot.py (DVE_AOT_FULL=1 for all of them), which fails on any spill or shared-memory
+    overflow. Only spills and shared memory were measured, not speed.
     ``pass_name`` is "exchange_fwd", "exchange_bwd" (both backward kernels), "warp_fwd" or "warp_bwd".
     """
     if pass_name not in ("exchange_fwd", "exchange_bwd", "warp_fwd", "warp_bwd"):
@@ -74,18 +76,21 @@ def launch_config(pass_name: str, c_pad: int, dtype: torch.dtype) -> LaunchConfi
             block_n, block_m = (128, 64) if c_pad <= 64 else (64, 64) if c_pad <= 128 else (32, 32)
         elif pass_name == "warp_fwd":  # no accumulator tile: only the src tile stays in registers
             block_n, block_m = (128, 64) if c_pad <= 128 else (64, 64)
-        else:  # backward: two accumulator tiles plus operand tiles per program
-            block_n, block_m = (64, 64) if c_pad <= 64 else (64, 32) if c_pad <= 128 else (32, 32)
-        backward = pass_name.endswith("bwd")
-        num_warps = 8 if block_n * c_pad >= (64 if backward else 128) * 64 else 4
+        else:  # backward: two accumulator tiles plus operand tiles per program (64 x 64 spilled on sm_80)
+            block_n, block_m = (64, 32) if c_pad <= 64 else (32, 32)
+        num_warps = 8 if block_n * c_pad >= 128 * 64 else 4
         return LaunchConfig(block_n, block_m, num_warps, 3 if c_pad <= 128 else 2, c_pad)
     # 32/64-bit: one configuration for forward and backward of an op, so that both compute every logit
     # with the same expression on the same tile shape and get bitwise the same value: then a row whose
     # softmax is one-hot in float32 gets P = exp2(logit - lse) = 1.0 exactly in the backward, and its
     # gradient cancels exactly, as in the dense computation (SPEC.md: logits of 1e4).
-    block = 32 if c_pad <= 16 else 16
-    num_warps = 4 if c_pad <= 64 else 8
-    return LaunchConfig(block, block, num_warps, 2, min(32 if itemsize == 4 else 16, c_pad))
+    # (the warp-loss forward has no accumulator tile: 4 warps whatever C_PAD; with 8, ptxas capped it at
+    # 64 registers per thread and spilled on sm_80)
+    num_warps = 4 if c_pad * itemsize <= 256 or pass_name == "warp_fwd" else 8
+    # channel slices: 16 wide, but 32 for float32 with 8 warps (at 16, ptxas capped that case at 128
+    # registers and spilled on sm_80: empirical, like everything here)
+    k_chunk = 32 if itemsize == 4 and num_warps == 8 else 16
+    return LaunchConfig(16, 16, num_warps, 2, k_chunk)
 
 
 def pow_mode(pow: float) -> int:

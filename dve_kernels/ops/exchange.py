@@ -30,9 +30,6 @@ from ._common import (
     triton_type,
 )
 
-# The softmax statistics of the forward, handed to the backward: float32 (float64 for float64 features).
-LSE_DOC = "log2-sum-exp2 of scale·log2(e)·<query_u, aux_w> over w, i.e. the natural log-sum-exp / ln 2"
-
 
 # ----------------------------------------------------------------------------------------------- kernels
 
@@ -223,7 +220,7 @@ def exchange_forward(query: torch.Tensor, aux: torch.Tensor, scale: float) -> tu
 
     Returns:
         ``out`` ``(B, N, C)`` in the input dtype and ``lse`` ``(B, N)`` (float32; float64 for float64
-        inputs), the """ + LSE_DOC + """.
+        inputs), the log2-sum-exp2 of scale·log2(e)·<query_u, aux_w> over w (the natural log-sum-exp / ln 2).
     """
     check_runnable(query)
     batch, n, c = query.shape
@@ -247,6 +244,8 @@ def exchange_backward(grad_out, query, aux, out, lse, scale: float) -> tuple[tor
 
     Args:
         grad_out, query, out: ``(B, N, C)``; aux: ``(B, M, C)``; lse: ``(B, N)`` from :func:`exchange_forward`.
+        ``out`` is in the op schema (shared with the CPU backend) but not read: D_u is recomputed from
+        this backward's own probabilities (see _exchange_bwd_query_kernel).
 
     Returns:
         ``grad_query`` ``(B, N, C)`` and ``grad_aux`` ``(B, M, C)`` in the input dtype.

@@ -270,7 +270,12 @@ def warp_loss_forward(src, tgt, src_xy, tgt_xy, pow: float, scale: float) -> tup
 
 
 def warp_loss_backward(grad_rows, src, tgt, src_xy, tgt_xy, rows, lse, pow: float, scale: float):
-    """Fused warp-loss backward: ``grad_rows`` ``(B, N)`` -> ``grad_src`` ``(B, N, C)``, ``grad_tgt`` ``(B, M, C)``."""
+    """Fused warp-loss backward: ``grad_rows`` ``(B, N)`` -> ``grad_src`` ``(B, N, C)``, ``grad_tgt`` ``(B, M, C)``.
+
+    ``rows`` and ``lse`` ``(B, N)`` come from :func:`warp_loss_forward`; ``rows`` sets the statistics dtype
+    but its values are not read: L_u is recomputed from this backward's own probabilities
+    (see _warp_bwd_src_kernel).
+    """
     check_runnable(src)
     batch, n, c = src.shape
     m = tgt.shape[1]
