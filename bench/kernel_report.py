@@ -1,0 +1,224 @@
+"""The static kernel report: what every Triton kernel specialisation costs, read off its compiled code, no GPU needed.
+
+For every entry of :func:`dve_kernels.ops.kernel_specializations`, compiled ahead of time for sm_80 and sm_90 on
+the CPU (``triton.compile`` with a ``GPUTarget``; the same compilation as ``tests/test_triton_aot.py``):
+
+- registers per thread and spill bytes (``ptxas -v``), shared memory per block (Triton's metadata);
+- the hot loop's instruction mix: the innermost loop of the SASS (``nvdisasm``, shipped with Triton) that holds
+  the softmax's ``MUFU.EX2``; its instructions, issued once per warp per iteration, cover ``BLOCK_N x BLOCK_M``
+  (u, v) pairs, so per pair: MUFU operations (``n_MUFU · 32 lanes · num_warps / pairs``), tensor-core MMA
+  instructions, FP32/FP64 FMA-pipe instructions and warp issue slots (``n_instructions · num_warps / pairs``);
+- a modelled H100 SXM bound in pairs/s for the sm_90 build: the smallest of the issue bound
+  (4 warp-instructions per clock per SM), the MUFU bound (16 lanes per clock per SM, about 3.9e12 ops/s for the
+  chip) and, for 16-bit data, the tensor-core bound (989 TFLOP/s dense at ``2·C_PAD`` flops per dot per pair).
+
+Usage: ``python -m bench.kernel_report [--arch 80 --arch 90] [--filter fp32_c64] [--jobs 2]``; writes
+``bench/results/static/kernel_report.json`` and ``kernel_report.md`` (committed, so every change to a kernel
+shows its cost). ``pytest bench/test_kernel_report.py`` checks it on the C = 64 specialisations.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from concurrent.futures import ProcessPoolExecutor
+
+OUT_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "static")
+
+# H100 SXM5 model. The clock is the one that makes 16 MUFU lanes x 132 SMs = 3.9e12 ops/s (DESIGN.md).
+H100_SMS = 132
+H100_CLOCK_HZ = 1.83e9
+ISSUE_PER_CLOCK_PER_SM = 4
+MUFU_LANES_PER_CLOCK_PER_SM = 16
+H100_TENSOR_FLOPS_16BIT = 989e12
+MUFU_CEILING = MUFU_LANES_PER_CLOCK_PER_SM * H100_SMS * H100_CLOCK_HZ
+# Dots of length C_PAD per (u, v) pair in each pass (forward: logits (+ P·V); backward: recomputed logits, dP,
+# and one or two gradient products).
+DOTS_PER_PAIR = {"exchange_fwd": 2, "exchange_bwd_query": 3, "exchange_bwd_aux": 4,
+                 "warp_fwd": 1, "warp_bwd_src": 2, "warp_bwd_tgt": 2}
+
+_INSTRUCTION = re.compile(r"/\*([0-9a-f]+)\*/\s+(?:@!?U?P[T0-9]+\s+)?([A-Z][A-Z0-9_]*(?:\.[A-Z0-9_]+)*)")
+_LABEL = re.compile(r"^(\.L_x_\d+):")
+_TARGET = re.compile(r"`\((\.L_x_\d+)\)")
+
+
+def _nvdisasm() -> str:
+    import triton
+
+    return os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "nvdisasm")
+
+
+def sass(cubin: bytes) -> str:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "kernel.cubin")
+        with open(path, "wb") as handle:
+            handle.write(cubin)
+        return subprocess.run([_nvdisasm(), "-c", path], capture_output=True, text=True, check=True).stdout
+
+
+def loops(text: str):
+    """``(instructions, loops)``: every instruction's opcode, and each loop as ``(first, last)`` indices of a
+    backward branch's target label and the branch itself."""
+    opcodes, labels, branches = [], {}, []
+    for line in text.splitlines():
+        label = _LABEL.match(line.strip())
+        if label:
+            labels[label.group(1)] = len(opcodes)
+            continue
+        match = _INSTRUCTION.search(line)
+        if not match:
+            continue
+        opcode = match.group(2)
+        target = _TARGET.search(line)
+        if opcode.startswith("BRA") and target:
+            branches.append((len(opcodes), target.group(1)))
+        opcodes.append(opcode)
+    found = [(labels[t], i) for i, t in branches if t in labels and labels[t] < i]
+    return opcodes, found
+
+
+def classify(opcodes) -> dict:
+    def count(*prefixes):
+        return sum(1 for op in opcodes if op.startswith(prefixes))
+
+    return {
+        "instructions": len(opcodes),
+        "mufu": count("MUFU"),
+        "mufu_ex2": count("MUFU.EX2"),
+        "mma": count("HMMA", "HGMMA", "DMMA", "IMMA"),
+        "ffma_pipe": count("FFMA", "FMUL", "FADD"),
+        "dfma_pipe": count("DFMA", "DMUL", "DADD"),
+    }
+
+
+def hot_loop(text: str):
+    """The innermost loop that computes the softmax's exponentials (``MUFU.EX2``); else the largest loop."""
+    opcodes, found = loops(text)
+    if not found:
+        return None, 0
+    with_exp = [(a, b) for a, b in found if any(op.startswith("MUFU.EX2") for op in opcodes[a:b + 1])]
+    candidates = with_exp or found
+    first, last = min(candidates, key=lambda ab: ab[1] - ab[0]) if with_exp else max(candidates,
+                                                                                      key=lambda ab: ab[1] - ab[0])
+    nested = sum(1 for a, b in found if first <= a and b <= last and (a, b) != (first, last))
+    return opcodes[first:last + 1], nested
+
+
+def pass_of(name: str) -> str:
+    return next(p for p in sorted(DOTS_PER_PAIR, key=len, reverse=True) if name.startswith(p))
+
+
+def analyse(spec, arch: int, compiled) -> dict:
+    """Registers/spills/shared (from the AOT compile) plus the hot loop's cost per (u, v) pair."""
+    body, nested = hot_loop(sass(compiled.asm["cubin"]))
+    pairs = spec.constexprs["BLOCK_N"] * spec.constexprs["BLOCK_M"]
+    mix = classify(body or [])
+    per_pair = {
+        "issue_slots_per_pair": mix["instructions"] * spec.num_warps / pairs,
+        "mufu_per_pair": mix["mufu"] * 32 * spec.num_warps / pairs,
+        "mma_per_pair": mix["mma"] * spec.num_warps / pairs,
+        "fma_pipe_per_pair": (mix["ffma_pipe"] + mix["dfma_pipe"]) * 32 * spec.num_warps / pairs,
+    }
+    report = {"hot_loop": mix, "nested_loops_in_hot_loop": nested, **per_pair}
+    if arch == 90:
+        clock = H100_CLOCK_HZ * H100_SMS
+        bounds = {"issue_bound": ISSUE_PER_CLOCK_PER_SM * clock / max(per_pair["issue_slots_per_pair"], 1e-12)}
+        if per_pair["mufu_per_pair"]:
+            bounds["mufu_bound"] = MUFU_LANES_PER_CLOCK_PER_SM * clock / per_pair["mufu_per_pair"]
+        if "fp16" in spec.name or "bf16" in spec.name:
+            flops = 2 * spec.constexprs["C_PAD"] * DOTS_PER_PAIR[pass_of(spec.name)]
+            bounds["tensor_bound"] = H100_TENSOR_FLOPS_16BIT / flops
+        report.update(bounds)
+        report["modelled_pairs_per_s"] = min(bounds.values())
+        report["limited_by"] = min(bounds, key=bounds.get).replace("_bound", "")
+    return report
+
+
+def _worker(args) -> dict:
+    index, arch = args
+    from dve_kernels.ops import kernel_specializations
+    from dve_kernels.ops._aot import compile_specialization
+
+    spec = kernel_specializations()[index]
+    try:
+        report, compiled = compile_specialization(spec, arch, return_compiled=True)
+        report.update(analyse(spec, arch, compiled))
+        report.update(block_n=spec.constexprs["BLOCK_N"], block_m=spec.constexprs["BLOCK_M"])
+        return report
+    except Exception as error:  # reported in the table; the test fails on it
+        return {"name": spec.name, "arch": arch, "error": f"{type(error).__name__}: {error}"[:1000]}
+
+
+def build(archs=(80, 90), name_filter: str = "", jobs: int = os.cpu_count() or 1) -> list[dict]:
+    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+        raise RuntimeError("unset TRITON_INTERPRET: interpreted kernels cannot be compiled")
+    from dve_kernels.ops import kernel_specializations
+
+    work = [(i, arch) for arch in archs for i, spec in enumerate(kernel_specializations()) if name_filter in spec.name]
+    with ProcessPoolExecutor(max_workers=jobs) as pool:
+        return list(pool.map(_worker, work))
+
+
+def _fmt(value, digits=2):
+    if value is None or value == "":
+        return ""
+    if isinstance(value, float):
+        return f"{value:.{digits}e}" if value >= 1e5 else f"{value:.{digits}f}"
+    return str(value)
+
+
+def markdown(rows: list[dict]) -> str:
+    header = ("| kernel | arch | warps | BLOCK_N x BLOCK_M | regs | spills (st/ld B) | shared KiB | hot-loop instr | "
+              "MUFU/pair | MMA/pair | FMA-pipe/pair | issue slots/pair | modelled H100 pairs/s | limited by |")
+    lines = [
+        "# Static kernel report",
+        "",
+        "Generated by `python -m bench.kernel_report` (Triton's compiler on the CPU, no GPU). Per pair = per (u, v)",
+        "pair of the hot loop. Modelled H100 bound: min(issue, MUFU, tensor-core) for the sm_90 build; the MUFU",
+        f"ceiling of the chip is {MUFU_CEILING:.2e} ops/s (one exp per pair caps a pass at that many pairs/s).",
+        "",
+        header,
+        "|" + "|".join(["---"] * (header.count("|") - 1)) + "|",
+    ]
+    for row in rows:
+        if "error" in row:
+            lines.append(f"| {row['name']} | {row['arch']} | error: {row['error'][:120]} |")
+            continue
+        lines.append("| " + " | ".join([
+            row["name"], str(row["arch"]), str(row["num_warps"]), f"{row['block_n']} x {row['block_m']}",
+            _fmt(row["registers"]), f"{row['spill_stores']}/{row['spill_loads']}", _fmt(row["shared"] / 1024, 1),
+            str(row["hot_loop"]["instructions"]), _fmt(row["mufu_per_pair"]), _fmt(row["mma_per_pair"], 3),
+            _fmt(row["fma_pipe_per_pair"]), _fmt(row["issue_slots_per_pair"], 3),
+            _fmt(row.get("modelled_pairs_per_s")), row.get("limited_by", ""),
+        ]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write(rows: list[dict], out_dir: str = OUT_DIR) -> None:
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, "kernel_report.json"), "w") as handle:
+        json.dump(rows, handle, indent=1)
+    with open(os.path.join(out_dir, "kernel_report.md"), "w") as handle:
+        handle.write(markdown(rows))
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--arch", type=int, action="append", choices=(80, 90))
+    parser.add_argument("--filter", default="", help="only specialisations whose name contains this")
+    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--out", default=OUT_DIR)
+    args = parser.parse_args(argv)
+    rows = build(tuple(args.arch or (80, 90)), args.filter, args.jobs)
+    write(rows, args.out)
+    print(markdown(rows))
+    return 1 if any("error" in row for row in rows) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
