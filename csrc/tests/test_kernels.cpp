@@ -128,7 +128,6 @@ void test_exchange(const Shape& s, double scale, double tolerance, int threads, 
       }
     }
 
-  using A = dve::compute_t<S>;
   const auto q_s = to_storage<S>(q), a_s = to_storage<S>(a), dout_s = to_storage<S>(dout);
   std::vector<S> out_k(nq), gq_k(nq), ga_k(na);
   std::vector<double> lse(static_cast<std::size_t>(s.batch) * s.n);
