@@ -120,7 +120,8 @@ def test_landmark_regression_recovers_a_linear_map_of_soft_argmax_points():
     yy, xx = torch.meshgrid(torch.arange(size).float(), torch.arange(size).float(), indexing="ij")
     feats = torch.stack([torch.exp(-((xx - keypoints[:, k, 0, None, None]) ** 2 +
                                      (yy - keypoints[:, k, 1, None, None]) ** 2) / 2.0) * 8 for k in range(3)], 1)
-    regressor = fit_landmark_regressor(feats[:64], keypoints[:64], size, steps=300, lr=3e-2)
+    feats = torch.cat((feats, torch.full_like(feats[:, :1], 0.5)), 1)  # a background channel
+    regressor = fit_landmark_regressor(feats[:64], keypoints[:64], size, steps=400, lr=3e-2)
     with torch.no_grad():
         predicted = (regressor(feats[64:]) + 1) / 2 * (size - 1)
     error = (predicted - keypoints[64:]).norm(dim=-1).mean()

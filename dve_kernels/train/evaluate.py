@@ -5,9 +5,9 @@
   landmarks of ``x_a`` are matched, by the largest inner product over every pixel, into ``x'_a`` (same identity:
   the ground truth is the warped landmark) and into ``x'_b`` (different identity: the ground truth is ``b``'s own
   landmark). The errors are the mean Euclidean distances in input pixels.
-- Landmark regression (section 4.1): on frozen embeddings, 50 learned 1x1 filters give 50 heatmaps, a spatial
-  softmax and soft-argmax turn them into 50 (x, y) points, and a linear layer maps those 100 numbers to the
-  annotated landmarks. Fitted on the annotated training split, reported on the test split as the mean error in
+- Landmark regression (section 4.1, the original's ``IntermediateKeypointPredictor``): on frozen embeddings, for
+  each landmark 50 learned 1x1 filters give 50 heatmaps, a spatial softmax and soft-argmax turn them into 50
+  (x, y) points, and a linear map of those 100 numbers gives the landmark. Fitted on the annotated training split, reported on the test split as the mean error in
   percent of the inter-ocular distance.
 
 Run as ``python -m dve_kernels.train.evaluate RUN_DIR`` to evaluate a run's checkpoint again.
@@ -116,26 +116,42 @@ def matching_errors(model: nn.Module, dataset, num_pairs: int, crop: int, device
 
 
 class LandmarkRegressor(nn.Module):
-    """50 intermediate points from frozen embeddings (1x1 filters, softmax, soft-argmax), then a linear map."""
+    """The original's intermediate-keypoint regressor on frozen embeddings (section 4.1).
 
-    def __init__(self, embedding_dim: int, num_landmarks: int, num_points: int = 50):
+    For each annotated landmark, ``num_points`` (50) learned 1x1xC filters correlate with the embedding map; a
+    spatial softmax of ``softargmax_mul`` times the correlation and a soft-argmax give 50 ``(x, y)`` points, and a
+    linear map of those 100 numbers (no bias, one per landmark) predicts the landmark.
+    """
+
+    def __init__(self, embedding_dim: int, num_landmarks: int, num_points: int = 50, softargmax_mul: float = 50.0,
+                 normalize: bool = True):
         super().__init__()
-        self.heatmaps = nn.Conv2d(embedding_dim, num_points, kernel_size=1)
-        self.linear = nn.Linear(2 * num_points, 2 * num_landmarks)
-        self.num_landmarks = num_landmarks
+        self.num_landmarks, self.num_points = num_landmarks, num_points
+        self.softargmax_mul = softargmax_mul
+        self.normalize = normalize
+        self.filters = nn.Parameter(torch.randn(embedding_dim, num_landmarks * num_points))
+        bound = 1.0 / (2 * num_points) ** 0.5
+        self.linear = nn.Parameter(torch.empty(num_landmarks, 2 * num_points, 2).uniform_(-bound, bound))
 
     def points(self, feats: torch.Tensor) -> torch.Tensor:
-        """``(B, C, H, W)`` -> ``(B, P, 2)`` soft-argmax ``(x, y)`` in ``[-1, 1]`` (align-corners)."""
-        batch, _, height, width = feats.shape
-        logits = self.heatmaps(feats).flatten(2)
+        """``(B, C, H, W)`` -> ``(B, K, P, 2)`` soft-argmax ``(x, y)`` in ``[-1, 1]`` (align-corners)."""
+        batch, channels, height, width = feats.shape
+        flat = feats.reshape(batch, channels, height * width)
+        filters = self.filters
+        if self.normalize:  # unit embeddings and filters: the softmax temperature means the same for every model
+            flat = F.normalize(flat, dim=1)
+            filters = F.normalize(filters, dim=0)
+        logits = torch.einsum("cq,bcn->bqn", filters, flat) * self.softargmax_mul
         prob = logits.softmax(dim=-1).view(batch, -1, height, width)
         xs = torch.linspace(-1, 1, width, device=feats.device, dtype=feats.dtype)
         ys = torch.linspace(-1, 1, height, device=feats.device, dtype=feats.dtype)
-        return torch.stack(((prob.sum(2) * xs).sum(-1), (prob.sum(3) * ys).sum(-1)), dim=-1)
+        pts = torch.stack(((prob.sum(2) * xs).sum(-1), (prob.sum(3) * ys).sum(-1)), dim=-1)
+        return pts.view(batch, self.num_landmarks, self.num_points, 2)
 
     def forward(self, feats: torch.Tensor) -> torch.Tensor:
         """``(B, C, H, W)`` -> ``(B, K, 2)`` landmarks, normalised ``[-1, 1]`` in the input image."""
-        return self.linear(self.points(feats).flatten(1)).view(feats.shape[0], self.num_landmarks, 2)
+        pts = self.points(feats).flatten(2)  # (B, K, 2P)
+        return torch.einsum("bkp,kpo->bko", pts, self.linear)
 
 
 def _to_unit(points: torch.Tensor, size: int) -> torch.Tensor:
