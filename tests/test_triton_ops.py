@@ -5,6 +5,7 @@ torch.library registration. Without a GPU the kernels run on CPU tensors in Trit
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import os
 
@@ -20,6 +21,29 @@ if DEVICE == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
 
 from dve_kernels import ops, reference  # noqa: E402
 from dve_kernels.ops import _common  # noqa: E402
+
+@pytest.fixture(autouse=True)
+def _interpreter_tiles(monkeypatch):
+    """Under the interpreter, 32 x 32 tiles for 32/64-bit data instead of the GPU's 16 x 16.
+
+    The interpreter's cost grows with the number of programs and loop steps, and the 16 x 16 FMA tiles
+    of the GPU configuration made this file take minutes. Forward and backward still share one
+    configuration (what the bitwise agreement of their logits relies on); test_many_tiles runs the
+    GPU's 16 x 16 tiles themselves.
+    """
+    if DEVICE == "cuda":
+        return
+    real = _common.launch_config
+
+    def larger_tiles(pass_name, c_pad, dtype):
+        config = real(pass_name, c_pad, dtype)
+        if dtype in (torch.float32, torch.float64):
+            config = dataclasses.replace(config, block_n=32, block_m=32)
+        return config
+
+    for module in ("dve_kernels.ops.exchange", "dve_kernels.ops.warp_loss"):
+        monkeypatch.setattr(importlib.import_module(module), "launch_config", larger_tiles)
+
 
 # (B, N, M, C): odd, prime, N != M, B = 1, C across every padding bucket, M = 3N (num_aux = 3)
 SHAPES = [

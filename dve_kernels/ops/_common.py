@@ -78,6 +78,8 @@ def launch_config(pass_name: str, c_pad: int, dtype: torch.dtype) -> LaunchConfi
             block_n, block_m = (128, 64) if c_pad <= 128 else (64, 64)
         else:  # backward: two accumulator tiles plus operand tiles per program (64 x 64 spilled on sm_80)
             block_n, block_m = (64, 32) if c_pad <= 64 else (32, 32)
+            if pass_name == "warp_bwd" and c_pad == 256:
+                block_n = 16  # 32 x 32 spilled on sm_80 with the general power (exp2 + log2 per pair)
         num_warps = 8 if block_n * c_pad >= 128 * 64 else 4
         return LaunchConfig(block_n, block_m, num_warps, 3 if c_pad <= 128 else 2, c_pad)
     # 32/64-bit: one configuration for forward and backward of an op, so that both compute every logit
