@@ -13,6 +13,7 @@ float64 for float64 features and float32 otherwise). ``"triton"`` is :mod:`dve_k
 from __future__ import annotations
 
 import functools
+import importlib
 import os
 import sys
 import warnings
@@ -48,7 +49,7 @@ def _triton_interpreter_on() -> bool:
 @functools.lru_cache(maxsize=None)
 def _load_triton():
     try:
-        from . import ops
+        ops = importlib.import_module("dve_kernels.ops")
     except ImportError as error:  # triton missing, or a kernel module failed to import
         raise BackendUnavailableError(
             f"backend='triton' needs Triton ({error}); install it with `pip install triton`"
@@ -59,7 +60,7 @@ def _load_triton():
 @functools.lru_cache(maxsize=None)
 def _load_cpu():
     try:
-        from . import _cpu
+        _cpu = importlib.import_module("dve_kernels._cpu")
     except ImportError as error:
         raise BackendUnavailableError(
             f"backend='cpu' needs the compiled C++ extension dve_kernels._C, which is not built ({error}); "
