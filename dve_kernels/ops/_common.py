@@ -81,6 +81,8 @@ def launch_config(pass_name: str, c_pad: int, dtype: torch.dtype) -> LaunchConfi
             if pass_name == "warp_bwd" and c_pad == 256:
                 block_n = 16  # 32 x 32 spilled on sm_80 with the general power (exp2 + log2 per pair)
         num_warps = 8 if block_n * c_pad >= 128 * 64 else 4
+        if pass_name == "warp_bwd" and c_pad == 128:
+            num_warps = 8  # 4 warps spilled on sm_80 (32 x 32 with the general power, 16 x 32 with the others)
         return LaunchConfig(block_n, block_m, num_warps, 3 if c_pad <= 128 else 2, c_pad)
     # 32/64-bit: one configuration for forward and backward of an op, so that both compute every logit
     # with the same expression on the same tile shape and get bitwise the same value: then a row whose
