@@ -116,4 +116,5 @@ def test_memory_does_not_grow_with_n_times_m():
     torch.cuda.synchronize()
     extra = torch.cuda.max_memory_allocated() - base
     feature_bytes = batch * n * c * 4
-    assert extra < 12 * feature_bytes, f"peak extra {extra / 2**20:.1f} MiB for {feature_bytes / 2**20:.1f} MiB features"
+    message = f"peak extra {extra / 2**20:.1f} MiB for {feature_bytes / 2**20:.1f} MiB of features"
+    assert extra < 12 * feature_bytes, message

@@ -85,7 +85,8 @@ def _assert_float32_rule(fused, dense32, exact, what):
     """SPEC.md section 4: no further from float64 than max(2x the dense float32 error, 1e-5 of the max-norm)."""
     bound = max(2 * _max_err(dense32, exact), 1e-5 * exact.abs().max().item())
     err = _max_err(fused, exact)
-    assert err <= bound, f"{what}: error {err:.3g} > bound {bound:.3g} (dense float32 error {_max_err(dense32, exact):.3g})"
+    dense_err = _max_err(dense32, exact)
+    assert err <= bound, f"{what}: error {err:.3g} > bound {bound:.3g} (dense float32 error {dense_err:.3g})"
 
 
 def _check_exchange(shape, scale, normalize=False, dtype=torch.float32):

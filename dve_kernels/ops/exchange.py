@@ -297,7 +297,8 @@ def exchange_specializations() -> list:
                      **ints, **scalars), constexprs, config))
             specs.append(make_specialization(
                 f"exchange_bwd_aux_{tag}", _exchange_bwd_aux_kernel,
-                dict(GradOut=feat, Query=feat, Aux=feat, Lse=stat, Delta=stat, RowScale=stat, GradAux=feat, **ints, **scalars),
+                dict(GradOut=feat, Query=feat, Aux=feat, Lse=stat, Delta=stat, RowScale=stat, GradAux=feat,
+                     **ints, **scalars),
                 constexprs, config))
     return specs
 

@@ -296,9 +296,11 @@ def warp_loss_backward(grad_rows, src, tgt, src_xy, tgt_xy, rows, lse, pow: floa
                       IS_FP64=src.dtype == torch.float64)
     launch = dict(num_warps=config.num_warps, num_stages=config.num_stages)
     _warp_bwd_src_kernel[(triton.cdiv(n, config.block_n), batch)](
-        grad_rows, src, tgt, src_xy, tgt_xy, lse, rows_backward, row_scale, grad_src, n, m, c, *scalars, **constexprs, **launch)
+        grad_rows, src, tgt, src_xy, tgt_xy, lse, rows_backward, row_scale, grad_src, n, m, c, *scalars,
+        **constexprs, **launch)
     _warp_bwd_tgt_kernel[(triton.cdiv(m, config.block_m), batch)](
-        grad_rows, src, tgt, src_xy, tgt_xy, lse, rows_backward, row_scale, grad_tgt, n, m, c, *scalars, **constexprs, **launch)
+        grad_rows, src, tgt, src_xy, tgt_xy, lse, rows_backward, row_scale, grad_tgt, n, m, c, *scalars,
+        **constexprs, **launch)
     return grad_src, grad_tgt
 
 
