@@ -11,7 +11,6 @@ import os
 
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
 triton = pytest.importorskip("triton")
 
@@ -21,6 +20,7 @@ if DEVICE == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
 
 from dve_kernels import ops, reference  # noqa: E402
 from dve_kernels.ops import _common  # noqa: E402
+from dve_kernels.memory import AllocationRecorder  # noqa: E402
 
 @pytest.fixture(autouse=True)
 def _interpreter_tiles(monkeypatch):
@@ -248,33 +248,17 @@ def test_property_random_shapes(batch, n, m, c, pow, scale):
 # ------------------------------------------------------------------------------------ memory, determinism
 
 
-class _AllocationRecorder(TorchDispatchMode):
-    """Records the element count of every tensor any ATen op creates."""
-
-    def __init__(self):
-        super().__init__()
-        self.sizes = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for t in torch.utils._pytree.tree_leaves(out):
-            if isinstance(t, torch.Tensor):
-                self.sizes.append((t.numel(), str(func)))
-        return out
-
-
 @pytest.mark.parametrize("op", ["exchange", "warp"])
 def test_no_tensor_grows_with_n_times_m(op):
     batch, n, m, c = 1, 211, 197, 4  # N·M = 41567 >> B·(N + M)·C = 1632
     a = _features(batch, n, c, torch.float32).requires_grad_(True)
     b = _features(batch, m, c, torch.float32).requires_grad_(True)
     src_xy, tgt_xy = _coords(batch, n, torch.float32), _coords(batch, m, torch.float32)
-    with _AllocationRecorder() as recorder:
+    with AllocationRecorder() as recorder:
         out = ops.exchange(a, b, 1.0) if op == "exchange" else ops.warp_loss_rows(a, b, src_xy, tgt_xy, 0.5, 1.0)
         out.sum().backward()
-    assert recorder.sizes, "the recorder saw nothing"
-    biggest = max(recorder.sizes)
-    assert biggest[0] < n * m, f"{biggest[1]} created {biggest[0]} elements (N·M = {n * m})"
+    assert recorder.records, "the recorder saw nothing"
+    assert recorder.largest_numel < n * m, f"{recorder.largest_description()} (N·M = {n * m})"
     assert a.grad is not None and b.grad is not None
 
 
