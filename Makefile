@@ -28,6 +28,7 @@ $(VENV)/.installed: setup.py pyproject.toml requirements-dev.txt $(wildcard csrc
 	$(PY) -c "import torch" 2>/dev/null || $(PIP) install "torch==$(TORCH_VERSION)" $(TORCH_PIP_ARGS)
 	$(PY) -c "import triton" 2>/dev/null || $(PIP) install triton
 	$(PIP) install -r requirements-dev.txt
+	$(PIP) install --upgrade "setuptools>=70.1" wheel  # the venv's own setuptools may predate bdist_wheel
 	$(PIP) install --no-deps --no-build-isolation -e .
 	$(PY) -c "import dve_kernels, dve_kernels.functional as f; print('dve_kernels', dve_kernels.__version__, '| C++ extension:', f.cpu_extension_available())"
 	touch $@
