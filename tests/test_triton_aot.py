@@ -9,8 +9,8 @@ turns the kernels into interpreted functions.
 Compiling is slow on a small CPU (3-15 s per kernel variant and architecture), so by default every launch
 configuration the launchers can pick is compiled (``launch_config`` depends on the pass, C_PAD and the dtype:
 all six kernels x 4 dtypes x 5 channel pads, the warp-loss kernels at pow = 0.5), plus the other distance-power
-code paths (pow 1, 2, any) at C = 64 in bfloat16 and float32: 138 of the 600 specialisations, each for both
-architectures. ``python -m bench.kernel_report`` compiles and reports all 600.
+code paths (pow 1, 2, any) at C = 64 in bfloat16 and float32: 138 of the 300 specialisations, each for both
+architectures. ``python -m bench.kernel_report`` compiles and reports all 300.
 ``DVE_AOT_FULL=1`` compiles every specialisation :func:`dve_kernels.ops.kernel_specializations` lists,
 i.e. everything the launchers can pick (600 compiles, ~30 minutes on 2 cores; Triton's cache makes
 reruns fast); ``DVE_AOT_MATCH=REGEX`` picks another subset by name.
