@@ -9,7 +9,7 @@ Options:
   --bench-seconds S      time spent sampling each case (default 1.0)
   --bench-out DIR        where results go (default bench/results/<device>)
 
-Writes: ``benchmark.json`` (pytest-benchmark, with device, dtype, shape, provider, version and commit in
+Writes: ``benchmark-<time>.json`` (pytest-benchmark, one per run, with device, dtype, shape, provider, version and commit in
 ``extra_info``), ``results.csv`` (one CSV across runs: rows of a new run replace those with the same key),
 and the plots of ``bench/plot.py``.
 """
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import csv
 import os
+import time
 
 import pytest
 import torch
@@ -48,7 +49,8 @@ def pytest_configure(config):
         return
     out = _out_dir(config)
     os.makedirs(out, exist_ok=True)
-    config.option.benchmark_json = open(os.path.join(out, "benchmark.json"), "wb")  # noqa: SIM115 (pytest-benchmark closes it)
+    stamp = time.strftime("%Y%m%d-%H%M%S")  # one JSON per run; results.csv merges them all
+    config.option.benchmark_json = open(os.path.join(out, f"benchmark-{stamp}.json"), "wb")  # noqa: SIM115
 
 
 @pytest.fixture(scope="session")
@@ -57,13 +59,14 @@ def bench_settings(request):
     device = config.getoption("bench_device")
     budget = config.getoption("bench_budget_gib") or (16.0 if device.startswith("cuda") else 8.0)
     settings = Settings(device=device, budget_bytes=budget * 2**30,
-                        seconds_per_case=config.getoption("bench_seconds"), full=config.getoption("bench_full"))
+                        seconds_per_case=config.getoption("bench_seconds"), full=config.getoption("bench_full"),
+                        out_dir=_out_dir(config))
     yield settings
     if settings.rows:
-        write_results(_out_dir(config), settings.rows)
+        write_results(settings.out_dir, settings.rows)
 
 
-def write_results(out: str, rows: list) -> str:
+def write_results(out: str, rows: list, plot: bool = True) -> str:
     """Merge ``rows`` into ``out/results.csv`` (a new row replaces an old one with the same key) and plot."""
     os.makedirs(out, exist_ok=True)
     path = os.path.join(out, "results.csv")
@@ -79,8 +82,9 @@ def write_results(out: str, rows: list) -> str:
         writer.writeheader()
         for row in merged.values():
             writer.writerow({k: row.get(k, "") for k in CSV_COLUMNS})
-    from .plot import plot_results
-    plot_results(path, out)
+    if plot:
+        from .plot import plot_results
+        plot_results(path, out)
     return path
 
 

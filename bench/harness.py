@@ -63,6 +63,14 @@ class Settings:
     rows: list = field(default_factory=list)
     commit: str = field(default_factory=git_commit)
 
+    out_dir: str = ""
+
+    def flush(self) -> None:
+        """Merge the rows so far into ``results.csv`` (after every case: an interrupted run keeps what it measured)."""
+        if self.out_dir and self.rows:
+            from .conftest import write_results
+            write_results(self.out_dir, self.rows, plot=False)
+
     def record(self, kernel, provider, mode, metric, unit, side, values, channels, batch, dtype, status, note=""):
         p50, p20, p80 = values if values else ("", "", "")
         self.rows.append({
@@ -175,14 +183,16 @@ def run_case(benchmark, settings: Settings, kernel, provider, mode, side, channe
         note = f"needs {providers.sizeof_fmt(estimate)} > budget {providers.sizeof_fmt(settings.budget_bytes)}"
         for metric, unit in (("time", "ms"), ("memory", "MiB")):
             record(metric, unit, side, None, channels, batch, dtype, "oom", note)
+        settings.flush()
         pytest.skip(f"out of memory: {note}")
     try:
         fn = providers.loss_function(kernel, provider, device)
         inputs = providers.make_inputs(kernel, side, channels, batch, dtype, device)
-        step = _step(fn, inputs, "full" if mode == "backward" else mode, device)
-        step()  # warm-up: compiles (torch.compile, KeOps, Triton) happen here
-        _synchronize(device)
-        memory = peak_memory(fn, inputs, mode, device)
+        if provider in ("dense-compiled", "keops") or torch.device(device).type == "cuda":
+            # warm-up outside the recorder: compilation (torch.compile, KeOps, Triton) happens here
+            _step(fn, inputs, "full" if mode == "backward" else mode, device)()
+            _synchronize(device)
+        memory = peak_memory(fn, inputs, mode, device)  # on the CPU this call is also the warm-up
         (p50, p20, p80), samples = time_calls(fn, inputs, mode, device, settings.seconds_per_case)
     except providers.Unavailable as error:
         for metric, unit in (("time", "ms"), ("memory", "MiB")):
@@ -196,6 +206,7 @@ def run_case(benchmark, settings: Settings, kernel, provider, mode, side, channe
         pytest.skip(f"out of memory while running: {error}")
     record("time", "ms", side, (p50, p20, p80), channels, batch, dtype, "ok")
     record("memory", "MiB", side, (memory / 2**20,) * 3, channels, batch, dtype, "ok")
+    settings.flush()
     pairs = providers.pairs_per_call(kernel, side, batch)
     benchmark.extra_info.update({
         "kernel": kernel, "provider": provider, "mode": mode, "resolution": side, "N": side * side,
