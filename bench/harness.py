@@ -229,7 +229,7 @@ SLOW_ON_CPU = {"original": 48, "keops": 35}
 def cases(kernel: str, full: bool, device: str):
     """The grid of ``(provider, mode, side, channels, batch, dtype)`` for one kernel.
 
-    Default (about 10 minutes on an idle 2-core CPU): forward+backward at 35², 48² and 64² with C = 64
+    Default (aimed at about 10 minutes on an idle 2-core CPU, not yet timed end to end): forward+backward at 35², 48² and 64² with C = 64
     (DVE: B = 8; the single ops: B = 4) for every provider (on the CPU the per-pair ``original`` loop only up to
     48² and ``keops`` only at 35²: their calls take tens of seconds there), forward and backward alone at 48²,
     C in {3, 16} at 48², and the fused provider alone at 96² and 128².
