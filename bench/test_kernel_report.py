@@ -27,6 +27,9 @@ def test_hot_loops_spend_about_one_exp_per_pair(rows):
     """Each pass exponentiates every (u, v) pair once (the backward recomputes its probabilities once); the
     online-softmax rescale adds a little. More would mean the compiled loop does redundant MUFU work."""
     for row in rows:
+        if "_fp64_" in row["name"]:  # float64 exp is a software routine on the FMA pipe (DFMA), not MUFU
+            assert row["hot_loop"]["dfma_pipe"] > 0, row["name"]
+            continue
         assert row["hot_loop"]["mufu_ex2"] > 0, row["name"]
         assert 0.99 <= row["mufu_per_pair"] <= 3.1, (row["name"], row["arch"], row["mufu_per_pair"])
         if row["arch"] == 90:
