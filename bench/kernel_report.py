@@ -5,9 +5,10 @@ the CPU (``triton.compile`` with a ``GPUTarget``; the same compilation as ``test
 
 - registers per thread and spill bytes (``ptxas -v``), shared memory per block (Triton's metadata);
 - the hot loop's instruction mix: the innermost loop of the SASS (``nvdisasm``, shipped with Triton) that holds
-  the softmax's ``MUFU.EX2``; its instructions, issued once per warp per iteration, cover ``BLOCK_N x BLOCK_M``
-  (u, v) pairs, so per pair: MUFU operations (``n_MUFU · 32 lanes · num_warps / pairs``), tensor-core MMA
-  instructions, FP32/FP64 FMA-pipe instructions and warp issue slots (``n_instructions · num_warps / pairs``);
+  the softmax's ``MUFU.EX2`` (the steady-state one where a loop is unrolled over several tiles); its
+  instructions, issued once per warp per iteration, cover ``BLOCK_N x BLOCK_M`` (u, v) pairs per tile, so per
+  pair: MUFU operations (``n_MUFU · 32 lanes · num_warps / pairs``), tensor-core MMA instructions, FP32/FP64
+  FMA-pipe instructions and warp issue slots (``n_instructions · num_warps / pairs``);
 - a modelled H100 SXM bound in pairs/s for the sm_90 build: the smallest of the issue bound
   (4 warp-instructions per clock per SM), the MUFU bound (16 lanes per clock per SM, about 3.9e12 ops/s for the
   chip) and, for 16-bit data, the tensor-core bound (989 TFLOP/s dense at ``2·C_PAD`` flops per dot per pair).
@@ -96,17 +97,27 @@ def classify(opcodes) -> dict:
     }
 
 
-def hot_loop(text: str):
-    """The innermost loop that computes the softmax's exponentials (``MUFU.EX2``); else the largest loop."""
+def hot_loop(text: str, tiles_per_iteration: int = 1):
+    """The innermost loop that computes the softmax's exponentials (``MUFU.EX2``); else the largest loop.
+
+    A kernel whose steady-state loop is unrolled over several tiles (``tiles_per_iteration``) also has
+    one-tile loops for the remainder: then the largest innermost exp loop is the steady state."""
     opcodes, found = loops(text)
     if not found:
         return None, 0
+
+    def nested_in(first, last):
+        return sum(1 for a, b in found if first <= a and b <= last and (a, b) != (first, last))
+
     with_exp = [(a, b) for a, b in found if any(op.startswith("MUFU.EX2") for op in opcodes[a:b + 1])]
-    candidates = with_exp or found
-    first, last = min(candidates, key=lambda ab: ab[1] - ab[0]) if with_exp else max(candidates,
-                                                                                      key=lambda ab: ab[1] - ab[0])
-    nested = sum(1 for a, b in found if first <= a and b <= last and (a, b) != (first, last))
-    return opcodes[first:last + 1], nested
+    if with_exp and tiles_per_iteration > 1:
+        innermost = [(a, b) for a, b in with_exp if not nested_in(a, b)] or with_exp
+        first, last = max(innermost, key=lambda ab: ab[1] - ab[0])
+    elif with_exp:
+        first, last = min(with_exp, key=lambda ab: ab[1] - ab[0])
+    else:
+        first, last = max(found, key=lambda ab: ab[1] - ab[0])
+    return opcodes[first:last + 1], nested_in(first, last)
 
 
 def pass_of(name: str) -> str:
@@ -115,8 +126,9 @@ def pass_of(name: str) -> str:
 
 def analyse(spec, arch: int, compiled) -> dict:
     """Registers/spills/shared (from the AOT compile) plus the hot loop's cost per (u, v) pair."""
-    body, nested = hot_loop(sass(compiled.asm["cubin"]))
-    pairs = spec.constexprs["BLOCK_N"] * spec.constexprs["BLOCK_M"]
+    tiles = getattr(spec, "tiles_per_iteration", 1)
+    body, nested = hot_loop(sass(compiled.asm["cubin"]), tiles)
+    pairs = spec.constexprs["BLOCK_N"] * spec.constexprs["BLOCK_M"] * tiles
     mix = classify(body or [])
     per_pair = {
         "issue_slots_per_pair": mix["instructions"] * spec.num_warps / pairs,
@@ -154,12 +166,15 @@ def _worker(args) -> dict:
         return {"name": spec.name, "arch": arch, "error": f"{type(error).__name__}: {error}"[:1000]}
 
 
-def build(archs=(80, 90), name_filter: str = "", jobs: int = os.cpu_count() or 1) -> list[dict]:
+def build(archs=(80, 90), name_filter: str = "", jobs: int = os.cpu_count() or 1, ragged: bool = False) -> list[dict]:
+    """Compile and analyse the specialisations whose name contains ``name_filter``: the ``EVEN_C`` ones (C a power
+    of two from 16 on, the fast path the performance targets are about), plus the ``_ragged`` twins if asked."""
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
         raise RuntimeError("unset TRITON_INTERPRET: interpreted kernels cannot be compiled")
     from dve_kernels.ops import kernel_specializations
 
-    work = [(i, arch) for arch in archs for i, spec in enumerate(kernel_specializations()) if name_filter in spec.name]
+    work = [(i, arch) for arch in archs for i, spec in enumerate(kernel_specializations())
+            if name_filter in spec.name and (ragged or not spec.name.endswith("_ragged"))]
     with ProcessPoolExecutor(max_workers=jobs) as pool:
         return list(pool.map(_worker, work))
 
@@ -212,9 +227,10 @@ def main(argv=None) -> int:
     parser.add_argument("--arch", type=int, action="append", choices=(80, 90))
     parser.add_argument("--filter", default="", help="only specialisations whose name contains this")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--ragged", action="store_true", help="also the variants for C not a power of two")
     parser.add_argument("--out", default=OUT_DIR)
     args = parser.parse_args(argv)
-    rows = build(tuple(args.arch or (80, 90)), args.filter, args.jobs)
+    rows = build(tuple(args.arch or (80, 90)), args.filter, args.jobs, args.ragged)
     write(rows, args.out)
     print(markdown(rows))
     return 1 if any("error" in row for row in rows) else 0

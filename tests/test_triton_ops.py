@@ -230,6 +230,95 @@ def test_non_finite_input_gives_non_finite_output(op):
     assert not torch.isfinite(out).all()
 
 
+# ---------------------------------------------------------------------------------------------- 16-bit data
+# Triton's interpreter runs float16 (numpy has it) but not bfloat16 (its results there are garbage, with the
+# kernels of every version of this project): bfloat16 runs only in tests/test_triton_gpu.py. float16 takes
+# the same code paths: tensor-core tiles, the sign of the scale folded into the query/source tile, the
+# rsqrt-based fourth roots on doubled coordinates, the three-tile loop of the warp-loss forward.
+
+# (B, N, M, C): M = 200 = 3 x 64 + 8 runs the forward's three-tile loop and a partial tile, with C = C_PAD
+# (16-byte row loads); C = 20 is ragged (masked channels, runtime row stride)
+HALF_SHAPES = [(1, 70, 200, 64), (2, 33, 45, 20)]
+
+
+def _assert_twice_dense(fused, dense, exact, what):
+    """SPEC.md section 4 for 16-bit inputs: error at most twice that of the dense computation in the same dtype."""
+    err, dense_err = _max_err(fused, exact), _max_err(dense, exact)
+    assert torch.isfinite(fused).all(), what
+    assert err <= max(2 * dense_err, 1e-6 * exact.abs().max().item()), f"{what}: {err:.3g} vs dense {dense_err:.3g}"
+
+
+@pytest.mark.parametrize("scale", [0.3, -0.3])
+@pytest.mark.parametrize("shape", HALF_SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_exchange_float16(shape, scale):
+    batch, n, m, c = shape
+    inputs = [_features(batch, n, c, torch.float64, True), _features(batch, m, c, torch.float64, True)]
+    upstream = torch.randn(batch, n, c, dtype=torch.float64, device=DEVICE)
+    exact = _grads(lambda q, a: reference.exchange(q, a, scale=scale), inputs, upstream)
+    half = [x.half() for x in inputs]
+    dense = _grads(lambda q, a: reference.exchange(q, a, scale=scale), half, upstream)
+    fused = _grads(lambda q, a: ops.exchange(q, a, scale), half, upstream)
+    for what, f, d, e in zip(("out", "grad query", "grad aux"), [fused[0], *fused[1]], [dense[0], *dense[1]],
+                             [exact[0], *exact[1]]):
+        _assert_twice_dense(f, d, e, what)
+
+
+@pytest.mark.parametrize("scale", [0.3, -0.3])
+@pytest.mark.parametrize("pow", POWS)
+@pytest.mark.parametrize("shape", HALF_SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_warp_loss_float16(shape, pow, scale):
+    batch, n, m, c = shape
+    inputs = [_features(batch, n, c, torch.float64, True), _features(batch, m, c, torch.float64, True)]
+    src_xy, tgt_xy = _coords(batch, n, torch.float64), _coords(batch, m, torch.float64)
+    upstream = torch.rand(batch, n, dtype=torch.float64, device=DEVICE) + 0.5
+
+    def rows(fn, xy_dtype):
+        return lambda s, t: fn(s, t, src_xy.to(xy_dtype), tgt_xy.to(xy_dtype), pow, scale)
+
+    exact = _grads(rows(reference.warp_loss_rows, torch.float64), inputs, upstream)
+    half = [x.half() for x in inputs]
+    dense = _grads(rows(reference.warp_loss_rows, torch.float32), half, upstream)
+    fused = _grads(rows(ops.warp_loss_rows, torch.float32), half, upstream)
+    for what, f, d, e in zip(("rows", "grad src", "grad tgt"), [fused[0], *fused[1]], [dense[0], *dense[1]],
+                             [exact[0], *exact[1]]):
+        _assert_twice_dense(f, d, e, what)
+
+
+def test_low_precision_fourth_roots():
+    """The fourth roots of 16-bit features, given 4 r2 (doubled coordinates): rsqrt + two Newton steps within
+    1e-5 relative (4.8e-6 in float32 arithmetic), rsqrt(rsqrt(.)) = sqrt(2) r2^0.25 within 1e-6, from
+    sub-pixel to huge distances; the 1e-30 that _squared_distance adds makes r2 = 0 give ~3e-8, not NaN."""
+    import triton.language as tl
+
+    @triton.jit
+    def roots(R2x4, Newton, Mufu, SIZE: tl.constexpr):
+        offs = tl.arange(0, SIZE)
+        r2x4 = tl.load(R2x4 + offs)
+        tl.store(Newton + offs, _common._fourth_root_newton(r2x4))
+        tl.store(Mufu + offs, _common._fourth_root_mufu(r2x4))
+
+    r2 = torch.cat([torch.logspace(-12, 12, 1000, dtype=torch.float64), torch.rand(24, dtype=torch.float64) * 5000])
+    r2x4 = (4 * r2).float().to(DEVICE)
+    newton, mufu = torch.empty_like(r2x4), torch.empty_like(r2x4)
+    roots[(1,)](r2x4, newton, mufu, SIZE=r2x4.numel())
+    exact = (r2x4.double() / 4) ** 0.25
+    assert ((newton.double() - exact).abs() / exact).max().item() < 1e-5
+    assert ((mufu.double() / 2 ** 0.5 - exact).abs() / exact).max().item() < 1e-6
+    zero = torch.full((16,), 4e-30, dtype=torch.float32, device=DEVICE)  # 4 x (0 + 1e-30)
+    newton, mufu = torch.empty_like(zero), torch.empty_like(zero)
+    roots[(1,)](zero, newton, mufu, SIZE=16)
+    assert (newton.abs() < 1e-7).all() and (mufu.abs() < 1e-7).all()
+
+
+def test_float16_non_finite_coordinates_give_non_finite_rows():
+    """The rsqrt-based roots turn r2 = inf into a finite number; the launcher marks such pairs' rows non-finite."""
+    src, tgt = _features(2, 9, 16, torch.float16), _features(2, 11, 16, torch.float16)
+    src_xy, tgt_xy = _coords(2, 9, torch.float32), _coords(2, 11, torch.float32)
+    tgt_xy[1, 4, 0] = float("inf")
+    rows = ops.warp_loss_rows(src, tgt, src_xy, tgt_xy, 0.5, 1.0)
+    assert torch.isfinite(rows[0]).all() and not torch.isfinite(rows[1]).any()
+
+
 # ------------------------------------------------------------------------------------------------- property
 
 hypothesis = pytest.importorskip("hypothesis")

@@ -21,6 +21,10 @@ FEATURE_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 POW_FOURTH_ROOT, POW_SQRT, POW_SQUARE, POW_GENERAL = 0, 1, 2, 3
 POW_MODES = (POW_FOURTH_ROOT, POW_SQRT, POW_SQUARE, POW_GENERAL)
 LOG2_E = 1.4426950408889634  # softmax runs in base 2: exp(x) = exp2(x * log2(e)), folded into the scale
+# Every launch and AOT compile asks for FMA contraction explicitly (Triton 3.10 stops doing it by default): the
+# kernels are written for it (exp2's argument, the Newton steps, the distance are one FFMA each), and the
+# static kernel report counts those instructions.
+FP_FUSION = True
 
 
 @dataclass(frozen=True)
@@ -46,6 +50,7 @@ class Specialization:
     num_warps: int
     num_stages: int
     pointer_args: tuple = field(default_factory=tuple)  # names that the runtime sees 16-byte aligned
+    tiles_per_iteration: int = 1  # tiles the steady-state loop handles per iteration (unrolled), for bench/
 
 
 def channel_pad(channels: int) -> int:
@@ -75,14 +80,23 @@ def launch_config(pass_name: str, c_pad: int, dtype: torch.dtype) -> LaunchConfi
         if pass_name == "exchange_fwd":
             block_n, block_m = (128, 64) if c_pad <= 64 else (64, 64) if c_pad <= 128 else (32, 32)
         elif pass_name == "warp_fwd":  # no accumulator tile: only the src tile stays in registers
-            block_n, block_m = (128, 64) if c_pad <= 128 else (64, 64)
+            # (64 x 64 at C_PAD = 256 spilled 64 bytes on sm_80 with the three-tile loop of pow = 0.5)
+            block_n, block_m = (128, 64) if c_pad <= 128 else (64, 32)
         else:  # backward: two accumulator tiles plus operand tiles per program (64 x 64 spilled on sm_80)
             block_n, block_m = (64, 32) if c_pad <= 64 else (32, 32)
             if pass_name == "warp_bwd" and c_pad == 256:
                 block_n = 16  # 32 x 32 spilled on sm_80 with the general power (exp2 + log2 per pair)
         num_warps = 8 if block_n * c_pad >= 128 * 64 else 4
+        if pass_name == "warp_fwd":
+            # 8 warps whatever C_PAD: the three-tile loop of pow = 0.5 reached 255 registers and spilled on sm_80
+            # with 4 (C_PAD 32, 64); at C_PAD 64 on sm_90 4 warps would issue 4 % less (0.568 against 0.591 slots
+            # per pair) but the pass is MUFU-bound there either way
+            num_warps = 8
         if pass_name == "warp_bwd" and c_pad == 128:
             num_warps = 8  # 4 warps spilled on sm_80 (32 x 32 with the general power, 16 x 32 with the others)
+        if pass_name == "exchange_fwd" and c_pad == 256:
+            num_warps = 4  # 8 warps were capped at 128 registers and spilled on sm_90; 4 also issue 37 % less
+
         return LaunchConfig(block_n, block_m, num_warps, 3 if c_pad <= 128 else 2, c_pad)
     # 32/64-bit: one configuration for forward and backward of an op, so that both compute every logit
     # with the same expression on the same tile shape and get bitwise the same value: then a row whose
@@ -154,8 +168,84 @@ def _join_scalar(HI, LO, IS_FP64: tl.constexpr):
 
 
 @triton.jit
+def _load_rows(base, rows, row_mask, C, C_PAD: tl.constexpr, EVEN_C: tl.constexpr, MASK_ROWS: tl.constexpr):
+    """The ``rows x C_PAD`` tile of a row-major ``(*, C)`` matrix at ``base``; channels past C read 0.
+
+    EVEN_C (C == C_PAD): the row stride is a compile-time constant and there is no channel mask, so each
+    thread's part of a row is one 16-byte vector load (with a runtime C the compiler cannot prove alignment
+    and loads element by element). Without MASK_ROWS every row is in range (full tiles): no predicates.
+    Rows masked off read 0.
+    """
+    offs_c = tl.arange(0, C_PAD)
+    if EVEN_C:
+        ptrs = base + rows[:, None] * C_PAD + offs_c[None, :]
+        if MASK_ROWS:
+            tile = tl.load(ptrs, mask=row_mask[:, None], other=0.0)
+        else:
+            tile = tl.load(ptrs)
+    else:
+        tile = tl.load(base + rows[:, None] * C + offs_c[None, :], mask=row_mask[:, None] & (offs_c < C)[None, :],
+                       other=0.0)
+    return tile
+
+
+COORDINATE_ALIGN = 16
+
+
+@triton.jit
+def _coordinate_stride(rows):
+    """The row stride of the planar coordinate buffers (B, 2, stride): rows rounded up to 16, so that
+    every x and y plane starts 64-byte aligned and per-column coordinate loads can be vectors."""
+    return tl.cdiv(rows, 16) * 16
+
+
+def planar_coordinates(xy: torch.Tensor, dtype: torch.dtype, factor: float = 1.0) -> torch.Tensor:
+    """(B, R, 2) coordinates as the kernels read them: (B, 2, stride) planes of x and y, stride = R rounded
+    up to COORDINATE_ALIGN (the padding is never read), in ``dtype``, times ``factor``. O(B·R)."""
+    batch, rows, _ = xy.shape
+    stride = -(-rows // COORDINATE_ALIGN) * COORDINATE_ALIGN
+    out = torch.zeros((batch, 2, stride), dtype=dtype, device=xy.device)
+    out[:, :, :rows] = xy.transpose(1, 2) * factor if factor != 1.0 else xy.transpose(1, 2)
+    return out
+
+
+@triton.jit
+def _load_vector(base, offs, mask, MASKED: tl.constexpr):
+    """``base[offs]`` (0 where masked off, when MASKED)."""
+    if MASKED:
+        values = tl.load(base + offs, mask=mask, other=0.0)
+    else:
+        values = tl.load(base + offs)
+    return values
+
+
+@triton.jit
+def _softmax_tile(logits, m_i, mask_m, scale_log2e, SCALED: tl.constexpr, MASK_M: tl.constexpr):
+    """One tile of an online softmax: the new running row max ``m_new`` and ``p = exp2(logit - m_new)``.
+
+    SCALED (32/64-bit data): ``logits`` already carry scale·log2(e) (see _dot_nt). Otherwise (16-bit data)
+    they are the raw tensor-core dot products and ``scale_log2e >= 0`` (the kernels fold the scale's sign into
+    their row tile, which is exact): the scaled row max is then the raw one times the scale, and exp2's
+    argument is one FFMA per pair. MASK_M: columns masked off get p = 0 and do not enter the max.
+    """
+    if SCALED:
+        if MASK_M:
+            logits = tl.where(mask_m[None, :], logits, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(logits, 1))
+        p = tl.exp2(logits - m_new[:, None])  # masked columns: exp2(-inf) = 0
+    elif MASK_M:
+        m_new = tl.maximum(m_i, tl.max(tl.where(mask_m[None, :], logits, float("-inf")), 1) * scale_log2e)
+        p = tl.where(mask_m[None, :], tl.exp2(logits * scale_log2e - m_new[:, None]), 0.0)
+    else:
+        m_new = tl.maximum(m_i, tl.max(logits, 1) * scale_log2e)
+        p = tl.exp2(logits * scale_log2e - m_new[:, None])
+    return m_new, p
+
+
+@triton.jit
 def _dot_nt(A, a_rows, a_mask, a_tile, B, b_rows, b_mask, b_tile, C, scale_log2e,
-            SCALE_A: tl.constexpr, C_PAD: tl.constexpr, K_CHUNK: tl.constexpr, OUT_DTYPE: tl.constexpr):
+            SCALE_A: tl.constexpr, C_PAD: tl.constexpr, K_CHUNK: tl.constexpr, OUT_DTYPE: tl.constexpr,
+            EVEN_C: tl.constexpr = False):
     """dot(A_tile, B_tile^T) over the C channels: (rows of A) x (rows of B), times scale_log2e if SCALE_A.
 
     16-bit data: one tensor-core dot of the register tiles a_tile / b_tile the caller loaded, scaled
@@ -168,7 +258,7 @@ def _dot_nt(A, a_rows, a_mask, a_tile, B, b_rows, b_mask, b_tile, C, scale_log2e
     goes into the A slice before the dot: each small product term is rounded instead of the large logit
     (|logit| up to ~1.4e4 in base 2, where one float32 rounding is ~1e-3; SPEC.md promises correct results
     at logits of 1e4). Every kernel that must agree bitwise on a logit calls this with the same
-    operands in the same orientation and tile shape.
+    operands in the same orientation and tile shape. EVEN_C (C == C_PAD): constant stride, no channel mask.
     """
     if a_tile.dtype.primitive_bitwidth < 32:
         out = tl.dot(a_tile, tl.trans(b_tile), out_dtype=OUT_DTYPE)
@@ -176,13 +266,18 @@ def _dot_nt(A, a_rows, a_mask, a_tile, B, b_rows, b_mask, b_tile, C, scale_log2e
             out = out * scale_log2e
     else:
         out = tl.zeros([a_rows.shape[0], b_rows.shape[0]], OUT_DTYPE)
-        for k_start in range(0, C, K_CHUNK):  # C, not C_PAD: no slice of padding only
+        stride = C_PAD if EVEN_C else C
+        # a runtime trip count even when EVEN_C: a compile-time one let the compiler unroll the slices and
+        # spill on sm_80; C, not C_PAD: no slice of padding only
+        for k_start in range(0, C, K_CHUNK):
             offs_k = k_start + tl.arange(0, K_CHUNK)
-            mask_k = offs_k < C
-            a = tl.load(A + a_rows[:, None] * C + offs_k[None, :], mask=a_mask[:, None] & mask_k[None, :], other=0.0)
+            mask_k = offs_k < stride
+            a = tl.load(A + a_rows[:, None] * stride + offs_k[None, :], mask=a_mask[:, None] & mask_k[None, :],
+                        other=0.0)
             if SCALE_A:
                 a = a * scale_log2e
-            b = tl.load(B + b_rows[:, None] * C + offs_k[None, :], mask=b_mask[:, None] & mask_k[None, :], other=0.0)
+            b = tl.load(B + b_rows[:, None] * stride + offs_k[None, :], mask=b_mask[:, None] & mask_k[None, :],
+                        other=0.0)
             out += tl.dot(a, tl.trans(b), input_precision="ieee", out_dtype=OUT_DTYPE)
     return out
 
@@ -212,15 +307,44 @@ def _fourth_root_fma(r2):
 
 
 @triton.jit
-def _distance_power(r2, POW_HALF, POW_MODE: tl.constexpr, IS_FP64: tl.constexpr):
+def _fourth_root_newton(r2x4):
+    """r2 ** 0.25 from r2x4 = 4 r2 > 0 (float32), with one MUFU (rsqrt) and 8 FMA/integer-pipe instructions.
+
+    For 16-bit features, where the softmax's one MUFU per pair leaves room for a second (MUFU caps a pass
+    at ~1.9e12 pairs/s on an H100 with two, ~1.3e12 with three). h = rsqrt(4 r2) = r2 ** -0.5 / 2 (MUFU, ~2^-23
+    relative error); w ~ r2 ** 0.25 from the exponent bits of 4 r2 (constant tuned for the smallest start
+    error, 3.4 %); two Newton steps w <- w (1.5 - h w^2) for w = (2h) ** -0.5 = r2 ** 0.25 (3.4e-2 -> 1.8e-3
+    -> 4.8e-6 relative), far below the 2^-8 resolution of 16-bit features (float32 features keep the 6e-7
+    of _fourth_root_fma). Taking 4 r2 is what saves the multiplication by 1/2 in each step: the launchers
+    double the coordinates. r2x4 = +inf gives a finite number (the launcher marks such rows non-finite).
+    """
+    h = tl.rsqrt(r2x4)
+    w = (794507078 + (r2x4.to(tl.int32, bitcast=True) >> 2)).to(tl.float32, bitcast=True)
+    w = w * (1.5 - h * (w * w))
+    w = w * (1.5 - h * (w * w))
+    return w
+
+
+@triton.jit
+def _fourth_root_mufu(r2x4):
+    """sqrt(2) · r2 ** 0.25 = rsqrt(rsqrt(4 r2)): two MUFU, two issue slots (relative error ~2e-7)."""
+    return tl.rsqrt(tl.rsqrt(r2x4))
+
+
+@triton.jit
+def _distance_power(r2, POW_HALF, POW_MODE: tl.constexpr, IS_FP64: tl.constexpr, LOW_PRECISION: tl.constexpr = False):
     """||d|| ** pow from the squared distance r2, with pow a compile-time case where it can be.
 
     POW_HALF is pow / 2 (only read by the general case: r2 ** (pow/2) = exp2(pow/2 * log2(r2)),
-    two MUFU ops; log2(0) = -inf and pow > 0 give exp2(-inf) = 0 with no guard).
+    two MUFU ops; log2(0) = -inf and pow > 0 give exp2(-inf) = 0 with no guard). LOW_PRECISION (16-bit
+    features): r2 is 4 r2 for pow = 0.5 (doubled coordinates) and the fourth root has ~5e-6 relative error
+    instead of ~6e-7, for fewer instructions (_fourth_root_newton).
     """
     if POW_MODE == 0:
         if IS_FP64:
             dist = tl.sqrt(tl.sqrt(r2))  # float64 is never the fast path: keep it exact
+        elif LOW_PRECISION:
+            dist = _fourth_root_newton(r2)
         else:
             dist = _fourth_root_fma(r2)
     elif POW_MODE == 1:
@@ -236,7 +360,8 @@ def log2_scale(scale: float) -> float:
     return scale * LOG2_E
 
 
-def make_specialization(name, kernel, arg_types: dict, constexprs: dict, config: LaunchConfig) -> Specialization:
+def make_specialization(name, kernel, arg_types: dict, constexprs: dict, config: LaunchConfig,
+                        tiles_per_iteration: int = 1) -> Specialization:
     """A Specialization whose signature lists every kernel argument (constexprs typed "constexpr")."""
     names = kernel.arg_names
     signature = {arg: arg_types.get(arg, "constexpr") for arg in names}
@@ -244,4 +369,5 @@ def make_specialization(name, kernel, arg_types: dict, constexprs: dict, config:
     if missing:
         raise ValueError(f"{name}: no type or constexpr value for {missing}")
     pointers = tuple(arg for arg, kind in signature.items() if kind.startswith("*"))
-    return Specialization(name, kernel, signature, dict(constexprs), config.num_warps, config.num_stages, pointers)
+    return Specialization(name, kernel, signature, dict(constexprs), config.num_warps, config.num_stages, pointers,
+                          tiles_per_iteration)

@@ -17,9 +17,15 @@ import triton.language as tl
 
 from ._common import (
     CHANNEL_PADS,
+    COORDINATE_ALIGN,
     FEATURE_DTYPES,
+    FP_FUSION,
+    _coordinate_stride,
     _join_scalar,
     _dot_nt,
+    _load_rows,
+    _load_vector,
+    _softmax_tile,
     accumulator_dtype,
     channel_pad,
     check_runnable,
@@ -32,6 +38,31 @@ from ._common import (
 
 
 # ----------------------------------------------------------------------------------------------- kernels
+#
+# As in warp_loss.py: full tiles first with no masks, then the partial tile (MASK constexpr of the *_step
+# helpers); EVEN_C (C == C_PAD) gives feature rows a compile-time stride; the per-row statistics the aux
+# kernel reads come in one planar buffer with 16-element aligned planes.
+
+
+@triton.jit
+def _exchange_fwd_step(query, query_base, offs_n, mask_n, aux_base, start_m, M, C, m_i, l_i, acc, scale_log2e,
+                       C_PAD: tl.constexpr, BLOCK_M: tl.constexpr, K_CHUNK: tl.constexpr, IS_FP64: tl.constexpr,
+                       EVEN_C: tl.constexpr, MASK_M: tl.constexpr):
+    acc_dtype: tl.constexpr = tl.float64 if IS_FP64 else tl.float32
+    offs_m = start_m + tl.arange(0, BLOCK_M)
+    mask_m = offs_m < M
+    aux = _load_rows(aux_base, offs_m, mask_m, C, C_PAD, EVEN_C, MASK_M)
+    if query.dtype.primitive_bitwidth < 32:
+        logits = tl.dot(query, tl.trans(aux), out_dtype=acc_dtype)  # unscaled, see _softmax_tile
+    else:
+        # ieee: float32 must not silently run in TF32 (SPEC.md section 4)
+        logits = _dot_nt(query_base, offs_n, mask_n, query, aux_base, offs_m, mask_m, aux, C, scale_log2e,
+                         True, C_PAD, K_CHUNK, acc_dtype, EVEN_C)
+    m_new, p = _softmax_tile(logits, m_i, mask_m, scale_log2e, query.dtype.primitive_bitwidth >= 32, MASK_M)
+    alpha = tl.exp2(m_i - m_new)  # rescales what was accumulated under the old max
+    l_i = l_i * alpha + tl.sum(p, 1)
+    acc = acc * alpha[:, None] + tl.dot(p.to(aux.dtype), aux, input_precision="ieee", out_dtype=acc_dtype)
+    return m_new, l_i, acc
 
 
 @triton.jit(do_not_specialize=["N", "M", "C"])
@@ -40,54 +71,72 @@ def _exchange_fwd_kernel(
     N, M, C,
     SCALE_LOG2E_HI, SCALE_LOG2E_LO,
     C_PAD: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, K_CHUNK: tl.constexpr,
-    IS_FP64: tl.constexpr,
+    IS_FP64: tl.constexpr, EVEN_C: tl.constexpr,
 ):
     pid_n = tl.program_id(0)
     batch = tl.program_id(1).to(tl.int64)  # int64: batch * N * C can pass 2^31
     acc_dtype: tl.constexpr = tl.float64 if IS_FP64 else tl.float32
     scale_log2e = _join_scalar(SCALE_LOG2E_HI, SCALE_LOG2E_LO, IS_FP64)
+    stride_c = C_PAD if EVEN_C else C
 
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_c = tl.arange(0, C_PAD)
     mask_n = offs_n < N
-    mask_c = offs_c < C  # channels past C read as 0: they add nothing to any dot product
-    query_base = Query + batch * N * C
-    query = tl.load(query_base + offs_n[:, None] * C + offs_c[None, :],
-                    mask=mask_n[:, None] & mask_c[None, :], other=0.0)
-    aux_base = Aux + batch * M * C
+    query_base = Query + batch * N * stride_c
+    query = _load_rows(query_base, offs_n, mask_n, C, C_PAD, EVEN_C, True)
+    if query.dtype.primitive_bitwidth < 32:  # negating 16-bit values is exact: logits * s = (-query)·aux * |s|
+        query = tl.where(scale_log2e < 0, -query, query)
+        scale_log2e = tl.abs(scale_log2e)
+    aux_base = Aux + batch * M * stride_c
 
     m_i = tl.full([BLOCK_N], float("-inf"), acc_dtype)  # running max of the base-2 logits
     l_i = tl.zeros([BLOCK_N], acc_dtype)  # running sum of exp2(logit - m_i)
     acc = tl.zeros([BLOCK_N, C_PAD], acc_dtype)  # running sum of exp2(logit - m_i) * aux_w
-    for start_m in range(0, M, BLOCK_M):
-        offs_m = start_m + tl.arange(0, BLOCK_M)
-        mask_m = offs_m < M
-        aux = tl.load(aux_base + offs_m[:, None] * C + offs_c[None, :],
-                      mask=mask_m[:, None] & mask_c[None, :], other=0.0)
-        # ieee: float32 must not silently run in TF32 (SPEC.md section 4)
-        logits = _dot_nt(query_base, offs_n, mask_n, query, aux_base, offs_m, mask_m, aux, C, scale_log2e,
-                         True, C_PAD, K_CHUNK, acc_dtype)
-        logits = tl.where(mask_m[None, :], logits, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(logits, 1))
-        alpha = tl.exp2(m_i - m_new)  # rescales what was accumulated under the old max
-        p = tl.exp2(logits - m_new[:, None])
-        l_i = l_i * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(aux.dtype), aux, input_precision="ieee", out_dtype=acc_dtype)
-        m_i = m_new
+    full_m = M - M % BLOCK_M
+    for start_m in range(0, full_m, BLOCK_M):
+        m_i, l_i, acc = _exchange_fwd_step(query, query_base, offs_n, mask_n, aux_base, start_m, M, C, m_i, l_i, acc,
+                                           scale_log2e, C_PAD, BLOCK_M, K_CHUNK, IS_FP64, EVEN_C, False)
+    for start_m in range(full_m, M, BLOCK_M):
+        m_i, l_i, acc = _exchange_fwd_step(query, query_base, offs_n, mask_n, aux_base, start_m, M, C, m_i, l_i, acc,
+                                           scale_log2e, C_PAD, BLOCK_M, K_CHUNK, IS_FP64, EVEN_C, True)
 
     out = acc / l_i[:, None]
-    tl.store(Out + batch * N * C + offs_n[:, None] * C + offs_c[None, :], out.to(Out.dtype.element_ty),
-             mask=mask_n[:, None] & mask_c[None, :])
+    tl.store(Out + batch * N * stride_c + offs_n[:, None] * stride_c + offs_c[None, :], out.to(Out.dtype.element_ty),
+             mask=mask_n[:, None] & (offs_c < C)[None, :])
     tl.store(Lse + batch * N + offs_n, m_i + tl.log2(l_i), mask=mask_n)
+
+
+@triton.jit
+def _exchange_bwd_query_step(query, grad_out, query_base, grad_out_base, offs_n, mask_n, lse, aux_base, start_m, M,
+                             C, weighted_dp_aux, p_aux, delta, row_sum, scale_log2e,
+                             C_PAD: tl.constexpr, BLOCK_M: tl.constexpr, K_CHUNK: tl.constexpr,
+                             IS_FP64: tl.constexpr, EVEN_C: tl.constexpr, MASK_M: tl.constexpr):
+    acc_dtype: tl.constexpr = tl.float64 if IS_FP64 else tl.float32
+    offs_m = start_m + tl.arange(0, BLOCK_M)
+    mask_m = offs_m < M
+    aux = _load_rows(aux_base, offs_m, mask_m, C, C_PAD, EVEN_C, MASK_M)
+    logits = _dot_nt(query_base, offs_n, mask_n, query, aux_base, offs_m, mask_m, aux, C, scale_log2e,
+                     True, C_PAD, K_CHUNK, acc_dtype, EVEN_C)
+    p = tl.exp2(logits - lse[:, None])
+    if MASK_M:
+        p = tl.where(mask_m[None, :], p, 0.0)
+    dp = _dot_nt(grad_out_base, offs_n, mask_n, grad_out, aux_base, offs_m, mask_m, aux, C, scale_log2e,
+                 False, C_PAD, K_CHUNK, acc_dtype, EVEN_C)
+    p_dp = p * dp
+    row_sum += tl.sum(p, 1)
+    delta += tl.sum(p_dp, 1)
+    weighted_dp_aux += tl.dot(p_dp.to(aux.dtype), aux, input_precision="ieee", out_dtype=acc_dtype)
+    p_aux += tl.dot(p.to(aux.dtype), aux, input_precision="ieee", out_dtype=acc_dtype)
+    return weighted_dp_aux, p_aux, delta, row_sum
 
 
 @triton.jit(do_not_specialize=["N", "M", "C"])
 def _exchange_bwd_query_kernel(
-    GradOut, Query, Aux, Lse, Delta, RowScale, GradQuery,
+    GradOut, Query, Aux, Lse, Stats, GradQuery,
     N, M, C,
     SCALE_HI, SCALE_LO, SCALE_LOG2E_HI, SCALE_LOG2E_LO,
     C_PAD: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, K_CHUNK: tl.constexpr,
-    IS_FP64: tl.constexpr,
+    IS_FP64: tl.constexpr, EVEN_C: tl.constexpr,
 ):
     """d query_u = scale · sum_w dS_uw aux_w, dS_uw = P_uw (dP_uw - D_u), dP_uw = <dO_u, aux_w>.
 
@@ -97,63 +146,98 @@ def _exchange_bwd_query_kernel(
     nearly equal numbers, and the float32 gradient came out 3x further from float64 than the dense
     float32 one (SPEC.md allows 2x). Here D uses this kernel's own P: accumulate
     sum_w P dP aux, sum_w P aux and sum_w P dP in one pass, then d query = (first - D · second) · scale.
-    One extra dot and accumulator per tile. D_u and the row normalisation go to the aux kernel.
+    One extra dot and accumulator per tile. For the aux kernel it writes the planar per-row statistics
+    Stats (B, 3, stride): lse, D_u and the row normalisation 1 / sum_w P.
     """
     pid_n = tl.program_id(0)
     batch = tl.program_id(1).to(tl.int64)
     acc_dtype: tl.constexpr = tl.float64 if IS_FP64 else tl.float32
     scale = _join_scalar(SCALE_HI, SCALE_LO, IS_FP64)
     scale_log2e = _join_scalar(SCALE_LOG2E_HI, SCALE_LOG2E_LO, IS_FP64)
+    stride_c = C_PAD if EVEN_C else C
 
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_c = tl.arange(0, C_PAD)
     mask_n = offs_n < N
-    mask_nc = mask_n[:, None] & (offs_c < C)[None, :]
-    row_offsets = batch * N * C + offs_n[:, None] * C + offs_c[None, :]
-    query = tl.load(Query + row_offsets, mask=mask_nc, other=0.0)
-    grad_out = tl.load(GradOut + row_offsets, mask=mask_nc, other=0.0)
-    query_base = Query + batch * N * C
-    grad_out_base = GradOut + batch * N * C
+    query_base = Query + batch * N * stride_c
+    grad_out_base = GradOut + batch * N * stride_c
+    query = _load_rows(query_base, offs_n, mask_n, C, C_PAD, EVEN_C, True)
+    grad_out = _load_rows(grad_out_base, offs_n, mask_n, C, C_PAD, EVEN_C, True)
     lse = tl.load(Lse + batch * N + offs_n, mask=mask_n, other=0.0)
-    aux_base = Aux + batch * M * C
+    aux_base = Aux + batch * M * stride_c
 
     weighted_dp_aux = tl.zeros([BLOCK_N, C_PAD], acc_dtype)  # sum_w P dP aux_w
     p_aux = tl.zeros([BLOCK_N, C_PAD], acc_dtype)  # sum_w P aux_w (the output, as this kernel's P gives it)
     delta = tl.zeros([BLOCK_N], acc_dtype)  # sum_w P dP
     row_sum = tl.zeros([BLOCK_N], acc_dtype)  # sum_w P
-    for start_m in range(0, M, BLOCK_M):
-        offs_m = start_m + tl.arange(0, BLOCK_M)
-        mask_m = offs_m < M
-        aux = tl.load(aux_base + offs_m[:, None] * C + offs_c[None, :],
-                      mask=mask_m[:, None] & (offs_c < C)[None, :], other=0.0)
-        logits = _dot_nt(query_base, offs_n, mask_n, query, aux_base, offs_m, mask_m, aux, C, scale_log2e,
-                         True, C_PAD, K_CHUNK, acc_dtype)
-        p = tl.where(mask_m[None, :], tl.exp2(logits - lse[:, None]), 0.0)
-        dp = _dot_nt(grad_out_base, offs_n, mask_n, grad_out, aux_base, offs_m, mask_m, aux, C, scale_log2e,
-                     False, C_PAD, K_CHUNK, acc_dtype)
-        p_dp = p * dp
-        row_sum += tl.sum(p, 1)
-        delta += tl.sum(p_dp, 1)
-        weighted_dp_aux += tl.dot(p_dp.to(aux.dtype), aux, input_precision="ieee", out_dtype=acc_dtype)
-        p_aux += tl.dot(p.to(aux.dtype), aux, input_precision="ieee", out_dtype=acc_dtype)
+    full_m = M - M % BLOCK_M
+    for start_m in range(0, full_m, BLOCK_M):
+        weighted_dp_aux, p_aux, delta, row_sum = _exchange_bwd_query_step(
+            query, grad_out, query_base, grad_out_base, offs_n, mask_n, lse, aux_base, start_m, M, C,
+            weighted_dp_aux, p_aux, delta, row_sum, scale_log2e, C_PAD, BLOCK_M, K_CHUNK, IS_FP64, EVEN_C, False)
+    for start_m in range(full_m, M, BLOCK_M):
+        weighted_dp_aux, p_aux, delta, row_sum = _exchange_bwd_query_step(
+            query, grad_out, query_base, grad_out_base, offs_n, mask_n, lse, aux_base, start_m, M, C,
+            weighted_dp_aux, p_aux, delta, row_sum, scale_log2e, C_PAD, BLOCK_M, K_CHUNK, IS_FP64, EVEN_C, True)
 
     # The stored lse is rounded at its magnitude (up to ~1e4 · 2^-24), which scales every P of a row by the
     # same factor 1 + O(1e-5): dividing by the recomputed row sum removes it.
     row_scale = 1.0 / tl.where(mask_n, row_sum, 1.0)
     delta = delta * row_scale
-    tl.store(RowScale + batch * N + offs_n, row_scale, mask=mask_n)
-    tl.store(Delta + batch * N + offs_n, delta, mask=mask_n)
+    row_stride = _coordinate_stride(N)
+    stats_base = Stats + batch * 3 * row_stride + offs_n
+    tl.store(stats_base, lse, mask=mask_n)
+    tl.store(stats_base + row_stride, delta, mask=mask_n)
+    tl.store(stats_base + 2 * row_stride, row_scale, mask=mask_n)
     grad_query = (weighted_dp_aux - delta[:, None] * p_aux) * (row_scale * scale)[:, None]
-    tl.store(GradQuery + row_offsets, grad_query.to(GradQuery.dtype.element_ty), mask=mask_nc)
+    tl.store(GradQuery + batch * N * stride_c + offs_n[:, None] * stride_c + offs_c[None, :],
+             grad_query.to(GradQuery.dtype.element_ty), mask=mask_n[:, None] & (offs_c < C)[None, :])
+
+
+@triton.jit
+def _exchange_bwd_aux_step(aux, aux_base, offs_m, mask_m, query_base, grad_out_base, stats_base, ROW_STRIDE, start_n,
+                           N, C, grad_aux, scale, scale_log2e,
+                           C_PAD: tl.constexpr, BLOCK_N: tl.constexpr, K_CHUNK: tl.constexpr, IS_FP64: tl.constexpr,
+                           EVEN_C: tl.constexpr, MASK_N: tl.constexpr):
+    acc_dtype: tl.constexpr = tl.float64 if IS_FP64 else tl.float32
+    offs_n = start_n + tl.arange(0, BLOCK_N)
+    mask_n = offs_n < N
+    query = _load_rows(query_base, offs_n, mask_n, C, C_PAD, EVEN_C, MASK_N)
+    grad_out = _load_rows(grad_out_base, offs_n, mask_n, C, C_PAD, EVEN_C, MASK_N)
+    lse = _load_vector(stats_base, offs_n, mask_n, MASK_N)
+    delta = _load_vector(stats_base + ROW_STRIDE, offs_n, mask_n, MASK_N)
+    row_scale = _load_vector(stats_base + 2 * ROW_STRIDE, offs_n, mask_n, MASK_N)  # 0 masks rows past N
+    if aux.dtype.primitive_bitwidth >= 32:
+        # 32/64-bit: the very expression of the query kernel (same operands, orientation and tile
+        # shape), so P and dP are bitwise the ones D_u and the row scale were built from; the float32
+        # logits (~1e-5 absolute rounding at |logit| ~ 500) would otherwise disagree by that much
+        # in every P of a peaked row. The transposes cost a layout conversion per tile.
+        logits = _dot_nt(query_base, offs_n, mask_n, query, aux_base, offs_m, mask_m, aux, C, scale_log2e,
+                         True, C_PAD, K_CHUNK, acc_dtype, EVEN_C)
+        p = tl.where(mask_m[None, :], tl.exp2(logits - lse[:, None]), 0.0) * row_scale[:, None]
+        dp = _dot_nt(grad_out_base, offs_n, mask_n, grad_out, aux_base, offs_m, mask_m, aux, C, scale_log2e,
+                     False, C_PAD, K_CHUNK, acc_dtype, EVEN_C)
+        p_t = tl.trans(p)
+        ds_t = tl.trans(p * (dp - delta[:, None])) * scale
+    else:
+        # 16-bit: transposed tiles (aux rows x query columns) so the reductions over u are plain dots
+        # with no layout conversion, as in FlashAttention-2; rounding is far below 16-bit error here.
+        p_t = tl.exp2(tl.dot(aux, tl.trans(query), out_dtype=acc_dtype) * scale_log2e - lse[None, :])
+        p_t = p_t * row_scale[None, :]
+        dp_t = tl.dot(aux, tl.trans(grad_out), out_dtype=acc_dtype)
+        ds_t = p_t * (dp_t - delta[None, :]) * scale
+    grad_aux += tl.dot(p_t.to(aux.dtype), grad_out, input_precision="ieee", out_dtype=acc_dtype)
+    grad_aux += tl.dot(ds_t.to(aux.dtype), query, input_precision="ieee", out_dtype=acc_dtype)
+    return grad_aux
 
 
 @triton.jit(do_not_specialize=["N", "M", "C"])
 def _exchange_bwd_aux_kernel(
-    GradOut, Query, Aux, Lse, Delta, RowScale, GradAux,
+    GradOut, Query, Aux, Lse, Stats, GradAux,
     N, M, C,
     SCALE_HI, SCALE_LO, SCALE_LOG2E_HI, SCALE_LOG2E_LO,
     C_PAD: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, K_CHUNK: tl.constexpr,
-    IS_FP64: tl.constexpr,
+    IS_FP64: tl.constexpr, EVEN_C: tl.constexpr,
 ):
     """d aux_w = sum_u P_uw dO_u (value role) + scale · sum_u dS_uw query_u (key role), in one accumulator."""
     pid_m = tl.program_id(0)
@@ -161,50 +245,31 @@ def _exchange_bwd_aux_kernel(
     acc_dtype: tl.constexpr = tl.float64 if IS_FP64 else tl.float32
     scale = _join_scalar(SCALE_HI, SCALE_LO, IS_FP64)
     scale_log2e = _join_scalar(SCALE_LOG2E_HI, SCALE_LOG2E_LO, IS_FP64)
+    stride_c = C_PAD if EVEN_C else C
 
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_c = tl.arange(0, C_PAD)
     mask_m = offs_m < M
-    mask_c = offs_c < C
-    aux_offsets = batch * M * C + offs_m[:, None] * C + offs_c[None, :]
-    aux = tl.load(Aux + aux_offsets, mask=mask_m[:, None] & mask_c[None, :], other=0.0)
-    aux_base = Aux + batch * M * C
-    query_base = Query + batch * N * C
-    grad_out_base = GradOut + batch * N * C
+    aux_base = Aux + batch * M * stride_c
+    aux = _load_rows(aux_base, offs_m, mask_m, C, C_PAD, EVEN_C, True)
+    query_base = Query + batch * N * stride_c
+    grad_out_base = GradOut + batch * N * stride_c
+    row_stride = _coordinate_stride(N)
+    stats_base = Stats + batch * 3 * row_stride
 
     grad_aux = tl.zeros([BLOCK_M, C_PAD], acc_dtype)
-    for start_n in range(0, N, BLOCK_N):
-        offs_n = start_n + tl.arange(0, BLOCK_N)
-        mask_n = offs_n < N
-        mask_nc = mask_n[:, None] & mask_c[None, :]
-        query = tl.load(query_base + offs_n[:, None] * C + offs_c[None, :], mask=mask_nc, other=0.0)
-        grad_out = tl.load(grad_out_base + offs_n[:, None] * C + offs_c[None, :], mask=mask_nc, other=0.0)
-        lse = tl.load(Lse + batch * N + offs_n, mask=mask_n, other=0.0)
-        delta = tl.load(Delta + batch * N + offs_n, mask=mask_n, other=0.0)
-        row_scale = tl.load(RowScale + batch * N + offs_n, mask=mask_n, other=0.0)  # 0 masks rows past N
-        if aux.dtype.primitive_bitwidth >= 32:
-            # 32/64-bit: the very expression of the query kernel (same operands, orientation and tile
-            # shape), so P and dP are bitwise the ones D_u and the row scale were built from; the float32
-            # logits (~1e-5 absolute rounding at |logit| ~ 500) would otherwise disagree by that much
-            # in every P of a peaked row. The transposes cost a layout conversion per tile.
-            logits = _dot_nt(query_base, offs_n, mask_n, query, aux_base, offs_m, mask_m, aux, C, scale_log2e,
-                             True, C_PAD, K_CHUNK, acc_dtype)
-            p = tl.where(mask_m[None, :], tl.exp2(logits - lse[:, None]), 0.0) * row_scale[:, None]
-            dp = _dot_nt(grad_out_base, offs_n, mask_n, grad_out, aux_base, offs_m, mask_m, aux, C, scale_log2e,
-                         False, C_PAD, K_CHUNK, acc_dtype)
-            p_t = tl.trans(p)
-            ds_t = tl.trans(p * (dp - delta[:, None])) * scale
-        else:
-            # 16-bit: transposed tiles (aux rows x query columns) so the reductions over u are plain dots
-            # with no layout conversion, as in FlashAttention-2; rounding is far below 16-bit error here.
-            logits_t = tl.dot(aux, tl.trans(query), out_dtype=acc_dtype) * scale_log2e
-            p_t = tl.exp2(logits_t - lse[None, :]) * row_scale[None, :]
-            dp_t = tl.dot(aux, tl.trans(grad_out), out_dtype=acc_dtype)
-            ds_t = p_t * (dp_t - delta[None, :]) * scale
-        grad_aux += tl.dot(p_t.to(aux.dtype), grad_out, input_precision="ieee", out_dtype=acc_dtype)
-        grad_aux += tl.dot(ds_t.to(aux.dtype), query, input_precision="ieee", out_dtype=acc_dtype)
+    full_n = N - N % BLOCK_N
+    for start_n in range(0, full_n, BLOCK_N):
+        grad_aux = _exchange_bwd_aux_step(aux, aux_base, offs_m, mask_m, query_base, grad_out_base, stats_base,
+                                          row_stride, start_n, N, C, grad_aux, scale, scale_log2e, C_PAD, BLOCK_N,
+                                          K_CHUNK, IS_FP64, EVEN_C, False)
+    for start_n in range(full_n, N, BLOCK_N):
+        grad_aux = _exchange_bwd_aux_step(aux, aux_base, offs_m, mask_m, query_base, grad_out_base, stats_base,
+                                          row_stride, start_n, N, C, grad_aux, scale, scale_log2e, C_PAD, BLOCK_N,
+                                          K_CHUNK, IS_FP64, EVEN_C, True)
 
-    tl.store(GradAux + aux_offsets, grad_aux.to(GradAux.dtype.element_ty), mask=mask_m[:, None] & mask_c[None, :])
+    tl.store(GradAux + batch * M * stride_c + offs_m[:, None] * stride_c + offs_c[None, :],
+             grad_aux.to(GradAux.dtype.element_ty), mask=mask_m[:, None] & (offs_c < C)[None, :])
 
 
 # --------------------------------------------------------------------------------------------- launchers
@@ -233,8 +298,8 @@ def exchange_forward(query: torch.Tensor, aux: torch.Tensor, scale: float) -> tu
     _exchange_fwd_kernel[grid](
         query, aux, out, lse, n, m, c, *split_scalar(log2_scale(scale)),
         C_PAD=c_pad, BLOCK_N=config.block_n, BLOCK_M=config.block_m, K_CHUNK=config.k_chunk,
-        IS_FP64=query.dtype == torch.float64,
-        num_warps=config.num_warps, num_stages=config.num_stages,
+        IS_FP64=query.dtype == torch.float64, EVEN_C=c == c_pad,
+        num_warps=config.num_warps, num_stages=config.num_stages, enable_fp_fusion=FP_FUSION,
     )
     return out, lse
 
@@ -258,17 +323,18 @@ def exchange_backward(grad_out, query, aux, out, lse, scale: float) -> tuple[tor
     grad_out = grad_out.contiguous().to(query.dtype)
     grad_query = torch.empty_like(query)
     grad_aux = torch.empty_like(aux)
-    # O(B·N), the only extra buffers: D_u and the row normalisation, written by the query kernel
-    delta = torch.empty((batch, n), dtype=lse.dtype, device=query.device)
-    row_scale = torch.empty((batch, n), dtype=lse.dtype, device=query.device)
+    # O(B·N), the only extra buffer: lse, D_u and the row normalisation per query row, written by the query
+    # kernel for the aux kernel, in planes aligned to 16 elements (see _coordinate_stride)
+    stats = torch.empty((batch, 3, -(-n // COORDINATE_ALIGN) * COORDINATE_ALIGN), dtype=lse.dtype,
+                        device=query.device)
     scalars = (*split_scalar(scale), *split_scalar(log2_scale(scale)))
     constexprs = dict(C_PAD=c_pad, BLOCK_N=config.block_n, BLOCK_M=config.block_m, K_CHUNK=config.k_chunk,
-                      IS_FP64=query.dtype == torch.float64)
-    launch = dict(num_warps=config.num_warps, num_stages=config.num_stages)
+                      IS_FP64=query.dtype == torch.float64, EVEN_C=c == c_pad)
+    launch = dict(num_warps=config.num_warps, num_stages=config.num_stages, enable_fp_fusion=FP_FUSION)
     _exchange_bwd_query_kernel[(triton.cdiv(n, config.block_n), batch)](
-        grad_out, query, aux, lse, delta, row_scale, grad_query, n, m, c, *scalars, **constexprs, **launch)
+        grad_out, query, aux, lse, stats, grad_query, n, m, c, *scalars, **constexprs, **launch)
     _exchange_bwd_aux_kernel[(triton.cdiv(m, config.block_m), batch)](
-        grad_out, query, aux, lse, delta, row_scale, grad_aux, n, m, c, *scalars, **constexprs, **launch)
+        grad_out, query, aux, lse, stats, grad_aux, n, m, c, *scalars, **constexprs, **launch)
     return grad_query, grad_aux
 
 
@@ -283,7 +349,7 @@ def exchange_specializations() -> list:
             tag = f"{triton_type(dtype)}_c{c_pad}"
             config = launch_config("exchange_fwd", c_pad, dtype)
             constexprs = dict(C_PAD=c_pad, BLOCK_N=config.block_n, BLOCK_M=config.block_m, K_CHUNK=config.k_chunk,
-                              IS_FP64=dtype == torch.float64)
+                              IS_FP64=dtype == torch.float64, EVEN_C=True)
             specs.append(make_specialization(
                 f"exchange_fwd_{tag}", _exchange_fwd_kernel,
                 dict(Query=feat, Aux=feat, Out=feat, Lse=stat, **ints, SCALE_LOG2E_HI="fp32", SCALE_LOG2E_LO="fp32"),
@@ -293,11 +359,11 @@ def exchange_specializations() -> list:
             scalars = dict(SCALE_HI="fp32", SCALE_LO="fp32", SCALE_LOG2E_HI="fp32", SCALE_LOG2E_LO="fp32")
             specs.append(make_specialization(
                 f"exchange_bwd_query_{tag}", _exchange_bwd_query_kernel,
-                dict(GradOut=feat, Query=feat, Aux=feat, Lse=stat, Delta=stat, RowScale=stat, GradQuery=feat,
+                dict(GradOut=feat, Query=feat, Aux=feat, Lse=stat, Stats=stat, GradQuery=feat,
                      **ints, **scalars), constexprs, config))
             specs.append(make_specialization(
                 f"exchange_bwd_aux_{tag}", _exchange_bwd_aux_kernel,
-                dict(GradOut=feat, Query=feat, Aux=feat, Lse=stat, Delta=stat, RowScale=stat, GradAux=feat,
+                dict(GradOut=feat, Query=feat, Aux=feat, Lse=stat, Stats=stat, GradAux=feat,
                      **ints, **scalars),
                 constexprs, config))
     return specs

@@ -18,16 +18,24 @@ import triton.language as tl
 from ._common import (
     CHANNEL_PADS,
     FEATURE_DTYPES,
+    FP_FUSION,
+    POW_FOURTH_ROOT,
     POW_MODES,
+    _coordinate_stride,
     _distance_power,
+    _fourth_root_mufu,
     _join_scalar,
     _dot_nt,
+    _load_rows,
+    _load_vector,
+    _softmax_tile,
     accumulator_dtype,
     channel_pad,
     check_runnable,
     launch_config,
     log2_scale,
     make_specialization,
+    planar_coordinates,
     pow_mode,
     split_scalar,
     triton_type,
@@ -37,6 +45,58 @@ POW_MODE_NAMES = {0: "pow0.5", 1: "pow1", 2: "pow2", 3: "powany"}
 
 
 # ----------------------------------------------------------------------------------------------- kernels
+#
+# Shared structure: each kernel walks the other side in BLOCK tiles, full tiles first with no masks at all,
+# then the partial tile (if any) with masks (MASK constexpr of the *_step helpers). EVEN_C (C == C_PAD) gives
+# feature rows a compile-time stride (16-byte vector loads). Coordinates and per-row statistics come in planar
+# buffers whose planes are 16-element aligned (planar_coordinates, _coordinate_stride), so per-column
+# vectors load as vectors too.
+#
+# 16-bit features, pow = 0.5: the launchers pass coordinates times 2, so the kernels see r2' = 4 r2, which the
+# fourth roots of _common (_fourth_root_newton, _fourth_root_mufu) expect.
+
+
+@triton.jit
+def _squared_distance(x_rows, y_rows, x_cols, y_cols):
+    """(x_u - x_v)^2 + (y_u - y_v)^2 for a (rows x cols) tile, plus 1e-30 (so that it is never 0, for rsqrt)."""
+    dx = x_rows[:, None] - x_cols[None, :]
+    dy = y_rows[:, None] - y_cols[None, :]
+    return tl.fma(dx, dx, tl.fma(dy, dy, 1e-30))
+
+
+@triton.jit
+def _warp_fwd_step(src, src_base, offs_n, mask_n, src_x, src_y, tgt_base, tgt_xy_base, XY_STRIDE, start_m, M, C,
+                   m_i, l_i, acc, scale_log2e, pow_half,
+                   C_PAD: tl.constexpr, BLOCK_M: tl.constexpr, K_CHUNK: tl.constexpr, POW_MODE: tl.constexpr,
+                   IS_FP64: tl.constexpr, EVEN_C: tl.constexpr, MASK_M: tl.constexpr, MUFU_ROOT: tl.constexpr):
+    """One BLOCK_M tile of targets: the online-softmax update of (m_i, l_i, acc). MASK_M: the partial tile.
+
+    MUFU_ROOT (16-bit, pow = 0.5): this tile takes its fourth roots from two MUFU rsqrt instead of one rsqrt
+    and Newton steps (see the kernel)."""
+    acc_dtype: tl.constexpr = tl.float64 if IS_FP64 else tl.float32
+    offs_m = start_m + tl.arange(0, BLOCK_M)
+    mask_m = offs_m < M
+    tgt_x = _load_vector(tgt_xy_base, offs_m, mask_m, MASK_M)
+    tgt_y = _load_vector(tgt_xy_base + XY_STRIDE, offs_m, mask_m, MASK_M)
+    r2 = _squared_distance(src_x, src_y, tgt_x, tgt_y)
+    if src.dtype.primitive_bitwidth < 32:
+        tgt = _load_rows(tgt_base, offs_m, mask_m, C, C_PAD, EVEN_C, MASK_M)
+        logits = tl.dot(src, tl.trans(tgt), out_dtype=acc_dtype)  # unscaled, see _softmax_tile
+        m_new, p = _softmax_tile(logits, m_i, mask_m, scale_log2e, False, MASK_M)
+        if MUFU_ROOT:
+            dist_sum = tl.sum(p * _fourth_root_mufu(r2), 1) * 0.7071067811865476  # rsqrt(rsqrt(4 r2)) = sqrt(2) d
+        else:
+            dist_sum = tl.sum(p * _distance_power(r2, pow_half, POW_MODE, IS_FP64, True), 1)
+    else:
+        # ieee: float32 must not silently run in TF32 (SPEC.md section 4); the tgt tile is read inside _dot_nt
+        logits = _dot_nt(src_base, offs_n, mask_n, src, tgt_base, offs_m, mask_m, src, C, scale_log2e,
+                         True, C_PAD, K_CHUNK, acc_dtype, EVEN_C)
+        m_new, p = _softmax_tile(logits, m_i, mask_m, scale_log2e, True, MASK_M)
+        dist_sum = tl.sum(p * _distance_power(r2, pow_half, POW_MODE, IS_FP64).to(acc_dtype), 1)
+    alpha = tl.exp2(m_i - m_new)  # rescales what was accumulated under the old max
+    l_i = l_i * alpha + tl.sum(p, 1)
+    acc = acc * alpha + dist_sum
+    return m_new, l_i, acc
 
 
 @triton.jit(do_not_specialize=["N", "M", "C"])
@@ -46,61 +106,104 @@ def _warp_fwd_kernel(
     SCALE_LOG2E_HI, SCALE_LOG2E_LO, POW_HALF_HI, POW_HALF_LO,
     C_PAD: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, K_CHUNK: tl.constexpr,
     POW_MODE: tl.constexpr,
-    IS_FP64: tl.constexpr,
+    IS_FP64: tl.constexpr, EVEN_C: tl.constexpr,
 ):
+    """L_u and the log2-sum-exp2 of row u, one source tile per program, iterating over target tiles.
+
+    16-bit features at pow = 0.5 spend two MUFU operations per pair (exp2 and the rsqrt of the fourth root)
+    and ~9 FMA-pipe ones on the root; every third target tile instead takes the root from two rsqrt (three
+    MUFU, two issue slots), which balances the MUFU and issue limits of an H100 (bench/kernel_report.py).
+    """
     pid_n = tl.program_id(0)
     batch = tl.program_id(1).to(tl.int64)  # int64: batch * N * C can pass 2^31
     acc_dtype: tl.constexpr = tl.float64 if IS_FP64 else tl.float32
     scale_log2e = _join_scalar(SCALE_LOG2E_HI, SCALE_LOG2E_LO, IS_FP64)
     pow_half = _join_scalar(POW_HALF_HI, POW_HALF_LO, IS_FP64)
+    stride_c = C_PAD if EVEN_C else C
 
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    offs_c = tl.arange(0, C_PAD)
     mask_n = offs_n < N
-    mask_c = offs_c < C  # padded channels read as 0 and add nothing to the dot products
-    src_base = Src + batch * N * C
-    src = tl.load(src_base + offs_n[:, None] * C + offs_c[None, :], mask=mask_n[:, None] & mask_c[None, :], other=0.0)
-    src_x = tl.load(SrcXY + batch * N * 2 + offs_n * 2, mask=mask_n, other=0.0)
-    src_y = tl.load(SrcXY + batch * N * 2 + offs_n * 2 + 1, mask=mask_n, other=0.0)
-    tgt_base = Tgt + batch * M * C
-    tgt_xy_base = TgtXY + batch * M * 2
+    src_base = Src + batch * N * stride_c
+    src = _load_rows(src_base, offs_n, mask_n, C, C_PAD, EVEN_C, True)
+    if src.dtype.primitive_bitwidth < 32:  # negating 16-bit values is exact: logits * scale = (-src)·tgt * |scale|
+        src = tl.where(scale_log2e < 0, -src, src)
+        scale_log2e = tl.abs(scale_log2e)
+    src_xy_stride = _coordinate_stride(N)
+    src_xy_base = SrcXY + batch * 2 * src_xy_stride
+    src_x = tl.load(src_xy_base + offs_n, mask=mask_n, other=0.0)
+    src_y = tl.load(src_xy_base + src_xy_stride + offs_n, mask=mask_n, other=0.0)
+    tgt_base = Tgt + batch * M * stride_c
+    tgt_xy_stride = _coordinate_stride(M)
+    tgt_xy_base = TgtXY + batch * 2 * tgt_xy_stride
 
     m_i = tl.full([BLOCK_N], float("-inf"), acc_dtype)  # running max of the base-2 logits
     l_i = tl.zeros([BLOCK_N], acc_dtype)  # running sum of exp2(logit - m_i)
     acc = tl.zeros([BLOCK_N], acc_dtype)  # running sum of exp2(logit - m_i) * distance
-    for start_m in range(0, M, BLOCK_M):
-        offs_m = start_m + tl.arange(0, BLOCK_M)
-        mask_m = offs_m < M
-        tgt = tl.load(tgt_base + offs_m[:, None] * C + offs_c[None, :],
-                      mask=mask_m[:, None] & mask_c[None, :], other=0.0)
-        tgt_x = tl.load(tgt_xy_base + offs_m * 2, mask=mask_m, other=0.0)
-        tgt_y = tl.load(tgt_xy_base + offs_m * 2 + 1, mask=mask_m, other=0.0)
-        # ieee: float32 must not silently run in TF32 (SPEC.md section 4)
-        logits = _dot_nt(src_base, offs_n, mask_n, src, tgt_base, offs_m, mask_m, tgt, C, scale_log2e,
-                         True, C_PAD, K_CHUNK, acc_dtype)
-        logits = tl.where(mask_m[None, :], logits, float("-inf"))
-        dx = src_x[:, None] - tgt_x[None, :]
-        dy = src_y[:, None] - tgt_y[None, :]
-        dist = _distance_power(dx * dx + dy * dy, pow_half, POW_MODE, IS_FP64).to(acc_dtype)
-        m_new = tl.maximum(m_i, tl.max(logits, 1))
-        alpha = tl.exp2(m_i - m_new)  # rescales what was accumulated under the old max
-        p = tl.exp2(logits - m_new[:, None])  # masked columns: exp2(-inf) = 0, their distance is finite
-        l_i = l_i * alpha + tl.sum(p, 1)
-        acc = acc * alpha + tl.sum(p * dist, 1)
-        m_i = m_new
+    full_m = M - M % BLOCK_M
+    if (src.dtype.primitive_bitwidth < 32) and (POW_MODE == 0):
+        first_m = M - M % (3 * BLOCK_M)
+        for start_m in range(0, first_m, 3 * BLOCK_M):
+            m_i, l_i, acc = _warp_fwd_step(src, src_base, offs_n, mask_n, src_x, src_y, tgt_base, tgt_xy_base,
+                                           tgt_xy_stride, start_m, M, C, m_i, l_i, acc, scale_log2e, pow_half,
+                                           C_PAD, BLOCK_M, K_CHUNK, POW_MODE, IS_FP64, EVEN_C, False, False)
+            m_i, l_i, acc = _warp_fwd_step(src, src_base, offs_n, mask_n, src_x, src_y, tgt_base, tgt_xy_base,
+                                           tgt_xy_stride, start_m + BLOCK_M, M, C, m_i, l_i, acc, scale_log2e,
+                                           pow_half, C_PAD, BLOCK_M, K_CHUNK, POW_MODE, IS_FP64, EVEN_C, False,
+                                           False)
+            m_i, l_i, acc = _warp_fwd_step(src, src_base, offs_n, mask_n, src_x, src_y, tgt_base, tgt_xy_base,
+                                           tgt_xy_stride, start_m + 2 * BLOCK_M, M, C, m_i, l_i, acc, scale_log2e,
+                                           pow_half, C_PAD, BLOCK_M, K_CHUNK, POW_MODE, IS_FP64, EVEN_C, False,
+                                           True)
+    else:
+        first_m = 0
+    for start_m in range(first_m, full_m, BLOCK_M):  # full tiles: no masks
+        m_i, l_i, acc = _warp_fwd_step(src, src_base, offs_n, mask_n, src_x, src_y, tgt_base, tgt_xy_base,
+                                       tgt_xy_stride, start_m, M, C, m_i, l_i, acc, scale_log2e, pow_half,
+                                       C_PAD, BLOCK_M, K_CHUNK, POW_MODE, IS_FP64, EVEN_C, False, False)
+    for start_m in range(full_m, M, BLOCK_M):  # the partial tile, if any
+        m_i, l_i, acc = _warp_fwd_step(src, src_base, offs_n, mask_n, src_x, src_y, tgt_base, tgt_xy_base,
+                                       tgt_xy_stride, start_m, M, C, m_i, l_i, acc, scale_log2e, pow_half,
+                                       C_PAD, BLOCK_M, K_CHUNK, POW_MODE, IS_FP64, EVEN_C, True, False)
 
     tl.store(Rows + batch * N + offs_n, acc / l_i, mask=mask_n)
     tl.store(Lse + batch * N + offs_n, m_i + tl.log2(l_i), mask=mask_n)
 
 
+@triton.jit
+def _warp_bwd_src_step(src, src_base, offs_n, mask_n, src_x, src_y, lse, tgt_base, tgt_xy_base, XY_STRIDE,
+                       start_m, M, C, p_dist_tgt, p_tgt, p_dist, row_sum, scale_log2e, pow_half,
+                       C_PAD: tl.constexpr, BLOCK_M: tl.constexpr, K_CHUNK: tl.constexpr, POW_MODE: tl.constexpr,
+                       IS_FP64: tl.constexpr, EVEN_C: tl.constexpr, MASK_M: tl.constexpr):
+    acc_dtype: tl.constexpr = tl.float64 if IS_FP64 else tl.float32
+    offs_m = start_m + tl.arange(0, BLOCK_M)
+    mask_m = offs_m < M
+    tgt = _load_rows(tgt_base, offs_m, mask_m, C, C_PAD, EVEN_C, MASK_M)
+    tgt_x = _load_vector(tgt_xy_base, offs_m, mask_m, MASK_M)
+    tgt_y = _load_vector(tgt_xy_base + XY_STRIDE, offs_m, mask_m, MASK_M)
+    logits = _dot_nt(src_base, offs_n, mask_n, src, tgt_base, offs_m, mask_m, tgt, C, scale_log2e,
+                     True, C_PAD, K_CHUNK, acc_dtype, EVEN_C)
+    p = tl.exp2(logits - lse[:, None])
+    if MASK_M:
+        p = tl.where(mask_m[None, :], p, 0.0)
+    low_precision: tl.constexpr = src.dtype.primitive_bitwidth < 32
+    dist = _distance_power(_squared_distance(src_x, src_y, tgt_x, tgt_y), pow_half, POW_MODE, IS_FP64,
+                           low_precision).to(acc_dtype)
+    pd = p * dist
+    row_sum += tl.sum(p, 1)
+    p_dist += tl.sum(pd, 1)
+    p_dist_tgt += tl.dot(pd.to(tgt.dtype), tgt, input_precision="ieee", out_dtype=acc_dtype)
+    p_tgt += tl.dot(p.to(tgt.dtype), tgt, input_precision="ieee", out_dtype=acc_dtype)
+    return p_dist_tgt, p_tgt, p_dist, row_sum
+
+
 @triton.jit(do_not_specialize=["N", "M", "C"])
 def _warp_bwd_src_kernel(
-    GradRows, Src, Tgt, SrcXY, TgtXY, Lse, RowsBwd, RowScale, GradSrc,
+    GradRows, Src, Tgt, SrcXY, TgtXY, Lse, Stats, GradSrc,
     N, M, C,
     SCALE_HI, SCALE_LO, SCALE_LOG2E_HI, SCALE_LOG2E_LO, POW_HALF_HI, POW_HALF_LO,
     C_PAD: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, K_CHUNK: tl.constexpr,
     POW_MODE: tl.constexpr,
-    IS_FP64: tl.constexpr,
+    IS_FP64: tl.constexpr, EVEN_C: tl.constexpr,
 ):
     """d src_u = scale · upstream_u · sum_v p_uv (d_uv - L_u) tgt_v, one source tile per program.
 
@@ -108,7 +211,8 @@ def _warp_bwd_src_kernel(
     d_uv - L_u is a difference of nearly equal numbers, and the forward's differently rounded p would
     put ~1e-5 relative errors there (see the exchange query kernel). So one pass accumulates
     sum p d tgt, sum p tgt, sum p d and sum p, and d src = (first - L · second) / sum p. The row
-    normalisation also removes the common error of the stored lse. L_u and 1 / sum p go to the tgt kernel.
+    normalisation also removes the common error of the stored lse. For the tgt kernel it writes the planar
+    per-row statistics Stats (B, 3, stride): lse, L_u and upstream_u / sum_v p.
     """
     pid_n = tl.program_id(0)
     batch = tl.program_id(1).to(tl.int64)
@@ -116,59 +220,89 @@ def _warp_bwd_src_kernel(
     scale = _join_scalar(SCALE_HI, SCALE_LO, IS_FP64)
     scale_log2e = _join_scalar(SCALE_LOG2E_HI, SCALE_LOG2E_LO, IS_FP64)
     pow_half = _join_scalar(POW_HALF_HI, POW_HALF_LO, IS_FP64)
+    stride_c = C_PAD if EVEN_C else C
 
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    offs_c = tl.arange(0, C_PAD)
     mask_n = offs_n < N
-    mask_c = offs_c < C
-    src_offsets = batch * N * C + offs_n[:, None] * C + offs_c[None, :]
-    src = tl.load(Src + src_offsets, mask=mask_n[:, None] & mask_c[None, :], other=0.0)
-    src_base = Src + batch * N * C
-    src_x = tl.load(SrcXY + batch * N * 2 + offs_n * 2, mask=mask_n, other=0.0)
-    src_y = tl.load(SrcXY + batch * N * 2 + offs_n * 2 + 1, mask=mask_n, other=0.0)
+    src_base = Src + batch * N * stride_c
+    src = _load_rows(src_base, offs_n, mask_n, C, C_PAD, EVEN_C, True)
+    row_stride = _coordinate_stride(N)
+    src_xy_base = SrcXY + batch * 2 * row_stride
+    src_x = tl.load(src_xy_base + offs_n, mask=mask_n, other=0.0)
+    src_y = tl.load(src_xy_base + row_stride + offs_n, mask=mask_n, other=0.0)
     lse = tl.load(Lse + batch * N + offs_n, mask=mask_n, other=0.0)
     upstream = tl.load(GradRows + batch * N + offs_n, mask=mask_n, other=0.0).to(acc_dtype)
-    tgt_base = Tgt + batch * M * C
-    tgt_xy_base = TgtXY + batch * M * 2
+    tgt_base = Tgt + batch * M * stride_c
+    tgt_xy_stride = _coordinate_stride(M)
+    tgt_xy_base = TgtXY + batch * 2 * tgt_xy_stride
 
     p_dist_tgt = tl.zeros([BLOCK_N, C_PAD], acc_dtype)  # sum_v p d tgt_v
     p_tgt = tl.zeros([BLOCK_N, C_PAD], acc_dtype)  # sum_v p tgt_v
     p_dist = tl.zeros([BLOCK_N], acc_dtype)  # sum_v p d
     row_sum = tl.zeros([BLOCK_N], acc_dtype)  # sum_v p
-    for start_m in range(0, M, BLOCK_M):
-        offs_m = start_m + tl.arange(0, BLOCK_M)
-        mask_m = offs_m < M
-        tgt = tl.load(tgt_base + offs_m[:, None] * C + offs_c[None, :],
-                      mask=mask_m[:, None] & mask_c[None, :], other=0.0)
-        tgt_x = tl.load(tgt_xy_base + offs_m * 2, mask=mask_m, other=0.0)
-        tgt_y = tl.load(tgt_xy_base + offs_m * 2 + 1, mask=mask_m, other=0.0)
-        logits = _dot_nt(src_base, offs_n, mask_n, src, tgt_base, offs_m, mask_m, tgt, C, scale_log2e,
-                         True, C_PAD, K_CHUNK, acc_dtype)
-        p = tl.where(mask_m[None, :], tl.exp2(logits - lse[:, None]), 0.0)
-        dx = src_x[:, None] - tgt_x[None, :]
-        dy = src_y[:, None] - tgt_y[None, :]
-        pd = p * _distance_power(dx * dx + dy * dy, pow_half, POW_MODE, IS_FP64).to(acc_dtype)
-        row_sum += tl.sum(p, 1)
-        p_dist += tl.sum(pd, 1)
-        p_dist_tgt += tl.dot(pd.to(tgt.dtype), tgt, input_precision="ieee", out_dtype=acc_dtype)
-        p_tgt += tl.dot(p.to(tgt.dtype), tgt, input_precision="ieee", out_dtype=acc_dtype)
+    full_m = M - M % BLOCK_M
+    for start_m in range(0, full_m, BLOCK_M):
+        p_dist_tgt, p_tgt, p_dist, row_sum = _warp_bwd_src_step(
+            src, src_base, offs_n, mask_n, src_x, src_y, lse, tgt_base, tgt_xy_base, tgt_xy_stride, start_m, M, C,
+            p_dist_tgt, p_tgt, p_dist, row_sum, scale_log2e, pow_half, C_PAD, BLOCK_M, K_CHUNK, POW_MODE, IS_FP64,
+            EVEN_C, False)
+    for start_m in range(full_m, M, BLOCK_M):
+        p_dist_tgt, p_tgt, p_dist, row_sum = _warp_bwd_src_step(
+            src, src_base, offs_n, mask_n, src_x, src_y, lse, tgt_base, tgt_xy_base, tgt_xy_stride, start_m, M, C,
+            p_dist_tgt, p_tgt, p_dist, row_sum, scale_log2e, pow_half, C_PAD, BLOCK_M, K_CHUNK, POW_MODE, IS_FP64,
+            EVEN_C, True)
 
     row_scale = 1.0 / tl.where(mask_n, row_sum, 1.0)
     rows = p_dist * row_scale
-    tl.store(RowScale + batch * N + offs_n, row_scale, mask=mask_n)
-    tl.store(RowsBwd + batch * N + offs_n, rows, mask=mask_n)
+    stats_base = Stats + batch * 3 * row_stride + offs_n
+    tl.store(stats_base, lse, mask=mask_n)
+    tl.store(stats_base + row_stride, rows, mask=mask_n)
+    tl.store(stats_base + 2 * row_stride, upstream * row_scale, mask=mask_n)
     grad_src = (p_dist_tgt - rows[:, None] * p_tgt) * (row_scale * upstream * scale)[:, None]
-    tl.store(GradSrc + src_offsets, grad_src.to(GradSrc.dtype.element_ty), mask=mask_n[:, None] & mask_c[None, :])
+    tl.store(GradSrc + batch * N * stride_c + offs_n[:, None] * stride_c + tl.arange(0, C_PAD)[None, :],
+             grad_src.to(GradSrc.dtype.element_ty), mask=mask_n[:, None] & (tl.arange(0, C_PAD) < C)[None, :])
+
+
+@triton.jit
+def _warp_bwd_tgt_step(tgt, tgt_base, offs_m, mask_m, tgt_x, tgt_y, src_base, src_xy_base, stats_base, ROW_STRIDE,
+                       start_n, N, C, grad_tgt, scale_log2e, pow_half,
+                       C_PAD: tl.constexpr, BLOCK_N: tl.constexpr, K_CHUNK: tl.constexpr, POW_MODE: tl.constexpr,
+                       IS_FP64: tl.constexpr, EVEN_C: tl.constexpr, MASK_N: tl.constexpr):
+    acc_dtype: tl.constexpr = tl.float64 if IS_FP64 else tl.float32
+    offs_n = start_n + tl.arange(0, BLOCK_N)
+    mask_n = offs_n < N
+    src = _load_rows(src_base, offs_n, mask_n, C, C_PAD, EVEN_C, MASK_N)
+    src_x = _load_vector(src_xy_base, offs_n, mask_n, MASK_N)
+    src_y = _load_vector(src_xy_base + ROW_STRIDE, offs_n, mask_n, MASK_N)
+    lse = _load_vector(stats_base, offs_n, mask_n, MASK_N)
+    rows = _load_vector(stats_base + ROW_STRIDE, offs_n, mask_n, MASK_N)
+    weight = _load_vector(stats_base + 2 * ROW_STRIDE, offs_n, mask_n, MASK_N)  # rows past N: weight 0
+    if tgt.dtype.primitive_bitwidth >= 32:
+        # 32/64-bit: the very expressions of the src kernel (operands, orientation, tile shape), so p
+        # and d are bitwise the ones L_u and the row scale were built from (see the exchange aux kernel)
+        logits = _dot_nt(src_base, offs_n, mask_n, src, tgt_base, offs_m, mask_m, tgt, C, scale_log2e, True,
+                         C_PAD, K_CHUNK, acc_dtype, EVEN_C)
+        p = tl.where(mask_m[None, :], tl.exp2(logits - lse[:, None]), 0.0)
+        dist = _distance_power(_squared_distance(src_x, src_y, tgt_x, tgt_y), pow_half, POW_MODE,
+                               IS_FP64).to(acc_dtype)
+        dlogit_t = tl.trans(p * (dist - rows[:, None]) * weight[:, None])
+    else:
+        # 16-bit: transposed tiles (target rows x source columns): the reduction over u is a plain dot
+        p_t = tl.exp2(tl.dot(tgt, tl.trans(src), out_dtype=acc_dtype) * scale_log2e - lse[None, :])
+        dist_t = _distance_power(_squared_distance(tgt_x, tgt_y, src_x, src_y), pow_half, POW_MODE, IS_FP64, True)
+        dlogit_t = p_t * (dist_t - rows[None, :]) * weight[None, :]
+    grad_tgt += tl.dot(dlogit_t.to(src.dtype), src, input_precision="ieee", out_dtype=acc_dtype)
+    return grad_tgt
 
 
 @triton.jit(do_not_specialize=["N", "M", "C"])
 def _warp_bwd_tgt_kernel(
-    GradRows, Src, Tgt, SrcXY, TgtXY, Lse, RowsBwd, RowScale, GradTgt,
+    GradRows, Src, Tgt, SrcXY, TgtXY, Lse, Stats, GradTgt,
     N, M, C,
     SCALE_HI, SCALE_LO, SCALE_LOG2E_HI, SCALE_LOG2E_LO, POW_HALF_HI, POW_HALF_LO,
     C_PAD: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, K_CHUNK: tl.constexpr,
     POW_MODE: tl.constexpr,
-    IS_FP64: tl.constexpr,
+    IS_FP64: tl.constexpr, EVEN_C: tl.constexpr,
 ):
     """d tgt_v = scale · sum_u p_uv (d_uv - L_u) upstream_u · src_u, one target tile per program."""
     pid_m = tl.program_id(0)
@@ -177,64 +311,58 @@ def _warp_bwd_tgt_kernel(
     scale = _join_scalar(SCALE_HI, SCALE_LO, IS_FP64)
     scale_log2e = _join_scalar(SCALE_LOG2E_HI, SCALE_LOG2E_LO, IS_FP64)
     pow_half = _join_scalar(POW_HALF_HI, POW_HALF_LO, IS_FP64)
+    stride_c = C_PAD if EVEN_C else C
 
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_c = tl.arange(0, C_PAD)
     mask_m = offs_m < M
-    mask_c = offs_c < C
-    tgt_offsets = batch * M * C + offs_m[:, None] * C + offs_c[None, :]
-    tgt = tl.load(Tgt + tgt_offsets, mask=mask_m[:, None] & mask_c[None, :], other=0.0)
-    tgt_x = tl.load(TgtXY + batch * M * 2 + offs_m * 2, mask=mask_m, other=0.0)
-    tgt_y = tl.load(TgtXY + batch * M * 2 + offs_m * 2 + 1, mask=mask_m, other=0.0)
-    src_base = Src + batch * N * C
-    src_xy_base = SrcXY + batch * N * 2
+    tgt_base = Tgt + batch * M * stride_c
+    tgt = _load_rows(tgt_base, offs_m, mask_m, C, C_PAD, EVEN_C, True)
+    tgt_xy_stride = _coordinate_stride(M)
+    tgt_x = tl.load(TgtXY + batch * 2 * tgt_xy_stride + offs_m, mask=mask_m, other=0.0)
+    tgt_y = tl.load(TgtXY + batch * 2 * tgt_xy_stride + tgt_xy_stride + offs_m, mask=mask_m, other=0.0)
+    src_base = Src + batch * N * stride_c
+    row_stride = _coordinate_stride(N)
+    src_xy_base = SrcXY + batch * 2 * row_stride
+    stats_base = Stats + batch * 3 * row_stride
 
     grad_tgt = tl.zeros([BLOCK_M, C_PAD], acc_dtype)
-    for start_n in range(0, N, BLOCK_N):
-        offs_n = start_n + tl.arange(0, BLOCK_N)
-        mask_n = offs_n < N
-        src = tl.load(src_base + offs_n[:, None] * C + offs_c[None, :],
-                      mask=mask_n[:, None] & mask_c[None, :], other=0.0)
-        src_x = tl.load(src_xy_base + offs_n * 2, mask=mask_n, other=0.0)
-        src_y = tl.load(src_xy_base + offs_n * 2 + 1, mask=mask_n, other=0.0)
-        rows = tl.load(RowsBwd + batch * N + offs_n, mask=mask_n, other=0.0)
-        lse = tl.load(Lse + batch * N + offs_n, mask=mask_n, other=0.0)
-        # rows past N get weight 0 through a zero row scale
-        weight = (tl.load(GradRows + batch * N + offs_n, mask=mask_n, other=0.0).to(acc_dtype)
-                  * tl.load(RowScale + batch * N + offs_n, mask=mask_n, other=0.0))
-        if tgt.dtype.primitive_bitwidth >= 32:
-            # 32/64-bit: the very expressions of the src kernel (operands, orientation, tile shape), so p
-            # and d are bitwise the ones L_u and the row scale were built from (see the exchange aux kernel)
-            logits = _dot_nt(src_base, offs_n, mask_n, src, Tgt + batch * M * C, offs_m, mask_m, tgt, C,
-                             scale_log2e, True, C_PAD, K_CHUNK, acc_dtype)
-            p = tl.where(mask_m[None, :], tl.exp2(logits - lse[:, None]), 0.0)
-            dx = src_x[:, None] - tgt_x[None, :]
-            dy = src_y[:, None] - tgt_y[None, :]
-            dist = _distance_power(dx * dx + dy * dy, pow_half, POW_MODE, IS_FP64).to(acc_dtype)
-            dlogit_t = tl.trans(p * (dist - rows[:, None]) * weight[:, None])
-        else:
-            # 16-bit: transposed tiles (target rows x source columns): the reduction over u is a plain dot
-            logits_t = tl.dot(tgt, tl.trans(src), out_dtype=acc_dtype) * scale_log2e
-            p_t = tl.exp2(logits_t - lse[None, :])
-            dx = src_x[None, :] - tgt_x[:, None]
-            dy = src_y[None, :] - tgt_y[:, None]
-            dist_t = _distance_power(dx * dx + dy * dy, pow_half, POW_MODE, IS_FP64).to(acc_dtype)
-            dlogit_t = p_t * (dist_t - rows[None, :]) * weight[None, :]
-        grad_tgt += tl.dot(dlogit_t.to(src.dtype), src, input_precision="ieee", out_dtype=acc_dtype)
+    full_n = N - N % BLOCK_N
+    for start_n in range(0, full_n, BLOCK_N):
+        grad_tgt = _warp_bwd_tgt_step(tgt, tgt_base, offs_m, mask_m, tgt_x, tgt_y, src_base, src_xy_base, stats_base,
+                                      row_stride, start_n, N, C, grad_tgt, scale_log2e, pow_half, C_PAD, BLOCK_N,
+                                      K_CHUNK, POW_MODE, IS_FP64, EVEN_C, False)
+    for start_n in range(full_n, N, BLOCK_N):
+        grad_tgt = _warp_bwd_tgt_step(tgt, tgt_base, offs_m, mask_m, tgt_x, tgt_y, src_base, src_xy_base, stats_base,
+                                      row_stride, start_n, N, C, grad_tgt, scale_log2e, pow_half, C_PAD, BLOCK_N,
+                                      K_CHUNK, POW_MODE, IS_FP64, EVEN_C, True)
 
-    tl.store(GradTgt + tgt_offsets, (grad_tgt * scale).to(GradTgt.dtype.element_ty),
-             mask=mask_m[:, None] & mask_c[None, :])
+    tl.store(GradTgt + batch * M * stride_c + offs_m[:, None] * stride_c + tl.arange(0, C_PAD)[None, :],
+             (grad_tgt * scale).to(GradTgt.dtype.element_ty),
+             mask=mask_m[:, None] & (tl.arange(0, C_PAD) < C)[None, :])
 
 
 # --------------------------------------------------------------------------------------------- launchers
 
 
-def _coordinates(xy: torch.Tensor, batch: int, features: torch.Tensor) -> torch.Tensor:
-    """Coordinates as the kernels read them: (B, rows, 2) contiguous, float64 for float64 features else float32."""
-    xy = xy.to(accumulator_dtype(features.dtype))
+def _coordinates(xy: torch.Tensor, batch: int, features: torch.Tensor, pow: float) -> torch.Tensor:
+    """Coordinates as the kernels read them: planar (B, 2, rows rounded up to 16), float64 for float64 features
+    else float32 (see planar_coordinates); times 2 for 16-bit features at pow = 0.5 (see the kernels' header)."""
     if xy.dim() == 2:  # (M, 2) shared by every pair: expanded, which copies O(B·M), never O(N·M)
         xy = xy.unsqueeze(0).expand(batch, -1, -1)
-    return xy.contiguous()
+    return planar_coordinates(xy, accumulator_dtype(features.dtype), 2.0 if _doubles_coordinates(features, pow) else 1.0)
+
+
+def _doubles_coordinates(features: torch.Tensor, pow: float) -> bool:
+    return features.element_size() == 2 and pow_mode(pow) == POW_FOURTH_ROOT
+
+
+def _non_finite_marker(src_xy: torch.Tensor, tgt_xy: torch.Tensor, batch: int) -> torch.Tensor:
+    """(B, 1): 0, or NaN where a pair has a non-finite coordinate. The rsqrt-based fourth roots of 16-bit
+    features return a finite number for r2 = inf; adding this keeps "non-finite inputs give a non-finite
+    loss" (SPEC.md section 4). O(B·(N + M)), no host synchronisation."""
+    marker = (src_xy * 0).sum(dim=(-2, -1)).reshape(-1, 1)
+    tgt_marker = (tgt_xy * 0).sum(dim=(-2, -1)).reshape(-1, 1)
+    return (marker + tgt_marker).expand(batch, 1)
 
 
 def warp_loss_forward(src, tgt, src_xy, tgt_xy, pow: float, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -254,18 +382,20 @@ def warp_loss_forward(src, tgt, src_xy, tgt_xy, pow: float, scale: float) -> tup
     m = tgt.shape[1]
     c_pad = channel_pad(c)
     config = launch_config("warp_fwd", c_pad, src.dtype)
-    src_xy = _coordinates(src_xy, batch, src)
-    tgt_xy = _coordinates(tgt_xy, batch, src)
+    src_planar = _coordinates(src_xy, batch, src, pow)
+    tgt_planar = _coordinates(tgt_xy, batch, src, pow)
     stat_dtype = accumulator_dtype(src.dtype)
     rows = torch.empty((batch, n), dtype=stat_dtype, device=src.device)
     lse = torch.empty((batch, n), dtype=stat_dtype, device=src.device)
     _warp_fwd_kernel[(triton.cdiv(n, config.block_n), batch)](
-        src, tgt, src_xy, tgt_xy, rows, lse, n, m, c,
+        src, tgt, src_planar, tgt_planar, rows, lse, n, m, c,
         *split_scalar(log2_scale(scale)), *split_scalar(0.5 * pow),
         C_PAD=c_pad, BLOCK_N=config.block_n, BLOCK_M=config.block_m, K_CHUNK=config.k_chunk,
-        POW_MODE=pow_mode(pow),
-        IS_FP64=src.dtype == torch.float64, num_warps=config.num_warps, num_stages=config.num_stages,
+        POW_MODE=pow_mode(pow), IS_FP64=src.dtype == torch.float64, EVEN_C=c == c_pad,
+        num_warps=config.num_warps, num_stages=config.num_stages, enable_fp_fusion=FP_FUSION,
     )
+    if _doubles_coordinates(src, pow):
+        rows = rows + _non_finite_marker(src_xy, tgt_xy, batch)
     return rows, lse
 
 
@@ -281,26 +411,23 @@ def warp_loss_backward(grad_rows, src, tgt, src_xy, tgt_xy, rows, lse, pow: floa
     m = tgt.shape[1]
     c_pad = channel_pad(c)
     config = launch_config("warp_bwd", c_pad, src.dtype)
-    src_xy = _coordinates(src_xy, batch, src)
-    tgt_xy = _coordinates(tgt_xy, batch, src)
+    src_planar = _coordinates(src_xy, batch, src, pow)
+    tgt_planar = _coordinates(tgt_xy, batch, src, pow)
     grad_rows = grad_rows.contiguous().to(rows.dtype)
     grad_src = torch.empty_like(src)
     grad_tgt = torch.empty_like(tgt)
-    # O(B·N), the only extra buffers: L_u and 1 / sum_v p recomputed by the src kernel for the tgt kernel.
-    # (``rows`` from the forward is the same L_u, rounded differently; see _warp_bwd_src_kernel.)
-    rows_backward = torch.empty_like(rows)
-    row_scale = torch.empty_like(rows)
+    # O(B·N), the only extra buffer: lse, L_u and upstream / sum_v p per source row, written by the src kernel
+    # for the tgt kernel, planar like the coordinates. (The forward's ``rows`` is the same L_u rounded
+    # differently; see _warp_bwd_src_kernel.)
+    stats = torch.empty((batch, 3, src_planar.shape[-1]), dtype=rows.dtype, device=src.device)
     scalars = (*split_scalar(scale), *split_scalar(log2_scale(scale)), *split_scalar(0.5 * pow))
     constexprs = dict(C_PAD=c_pad, BLOCK_N=config.block_n, BLOCK_M=config.block_m, K_CHUNK=config.k_chunk,
-                      POW_MODE=pow_mode(pow),
-                      IS_FP64=src.dtype == torch.float64)
-    launch = dict(num_warps=config.num_warps, num_stages=config.num_stages)
+                      POW_MODE=pow_mode(pow), IS_FP64=src.dtype == torch.float64, EVEN_C=c == c_pad)
+    launch = dict(num_warps=config.num_warps, num_stages=config.num_stages, enable_fp_fusion=FP_FUSION)
     _warp_bwd_src_kernel[(triton.cdiv(n, config.block_n), batch)](
-        grad_rows, src, tgt, src_xy, tgt_xy, lse, rows_backward, row_scale, grad_src, n, m, c, *scalars,
-        **constexprs, **launch)
+        grad_rows, src, tgt, src_planar, tgt_planar, lse, stats, grad_src, n, m, c, *scalars, **constexprs, **launch)
     _warp_bwd_tgt_kernel[(triton.cdiv(m, config.block_m), batch)](
-        grad_rows, src, tgt, src_xy, tgt_xy, lse, rows_backward, row_scale, grad_tgt, n, m, c, *scalars,
-        **constexprs, **launch)
+        grad_rows, src, tgt, src_planar, tgt_planar, lse, stats, grad_tgt, n, m, c, *scalars, **constexprs, **launch)
     return grad_src, grad_tgt
 
 
@@ -317,18 +444,18 @@ def warp_loss_specializations() -> list:
                 config = launch_config("warp_fwd", c_pad, dtype)
                 constexprs = dict(C_PAD=c_pad, BLOCK_N=config.block_n, BLOCK_M=config.block_m,
                                   K_CHUNK=config.k_chunk, POW_MODE=mode,
-                                  IS_FP64=dtype == torch.float64)
+                                  IS_FP64=dtype == torch.float64, EVEN_C=True)
                 specs.append(make_specialization(
                     f"warp_fwd_{tag}", _warp_fwd_kernel,
                     dict(Src=feat, Tgt=feat, SrcXY=stat, TgtXY=stat, Rows=stat, Lse=stat, **ints,
                          SCALE_LOG2E_HI="fp32", SCALE_LOG2E_LO="fp32", POW_HALF_HI="fp32", POW_HALF_LO="fp32"),
-                    constexprs, config))
+                    constexprs, config,
+                    tiles_per_iteration=3 if dtype.itemsize == 2 and mode == POW_FOURTH_ROOT else 1))
                 config = launch_config("warp_bwd", c_pad, dtype)
                 constexprs = dict(constexprs, BLOCK_N=config.block_n, BLOCK_M=config.block_m,
                                   K_CHUNK=config.k_chunk)
                 arg_types = dict(GradRows=stat, Src=feat, Tgt=feat, SrcXY=stat, TgtXY=stat, Lse=stat,
-                                 RowsBwd=stat, RowScale=stat,
-                                 GradSrc=feat, GradTgt=feat, **ints, SCALE_HI="fp32", SCALE_LO="fp32",
+                                 Stats=stat, GradSrc=feat, GradTgt=feat, **ints, SCALE_HI="fp32", SCALE_LO="fp32",
                                  SCALE_LOG2E_HI="fp32", SCALE_LOG2E_LO="fp32", POW_HALF_HI="fp32",
                                  POW_HALF_LO="fp32")
                 specs.append(make_specialization(
