@@ -92,7 +92,9 @@ def _exchange_fwd_kernel(
     m_i = tl.full([BLOCK_N], float("-inf"), acc_dtype)  # running max of the base-2 logits
     l_i = tl.zeros([BLOCK_N], acc_dtype)  # running sum of exp2(logit - m_i)
     acc = tl.zeros([BLOCK_N, C_PAD], acc_dtype)  # running sum of exp2(logit - m_i) * aux_w
-    full_m = M - M % BLOCK_M
+    full_m = 0  # 32/64-bit: every tile masked (unmasked full tiles cost registers and spilled on sm_80)
+    if query.dtype.primitive_bitwidth < 32:
+        full_m = M - M % BLOCK_M  # 16-bit: full tiles without masks, then the partial one
     for start_m in range(0, full_m, BLOCK_M):
         m_i, l_i, acc = _exchange_fwd_step(query, query_base, offs_n, mask_n, aux_base, start_m, M, C, m_i, l_i, acc,
                                            scale_log2e, C_PAD, BLOCK_M, K_CHUNK, IS_FP64, EVEN_C, False)
@@ -170,7 +172,9 @@ def _exchange_bwd_query_kernel(
     p_aux = tl.zeros([BLOCK_N, C_PAD], acc_dtype)  # sum_w P aux_w (the output, as this kernel's P gives it)
     delta = tl.zeros([BLOCK_N], acc_dtype)  # sum_w P dP
     row_sum = tl.zeros([BLOCK_N], acc_dtype)  # sum_w P
-    full_m = M - M % BLOCK_M
+    full_m = 0  # 32/64-bit: every tile masked (unmasked full tiles cost registers and spilled on sm_80)
+    if query.dtype.primitive_bitwidth < 32:
+        full_m = M - M % BLOCK_M  # 16-bit: full tiles without masks, then the partial one
     for start_m in range(0, full_m, BLOCK_M):
         weighted_dp_aux, p_aux, delta, row_sum = _exchange_bwd_query_step(
             query, grad_out, query_base, grad_out_base, offs_n, mask_n, lse, aux_base, start_m, M, C,
@@ -258,7 +262,9 @@ def _exchange_bwd_aux_kernel(
     stats_base = Stats + batch * 3 * row_stride
 
     grad_aux = tl.zeros([BLOCK_M, C_PAD], acc_dtype)
-    full_n = N - N % BLOCK_N
+    full_n = 0  # 32/64-bit: every tile masked (unmasked full tiles cost registers and spilled on sm_80)
+    if aux.dtype.primitive_bitwidth < 32:
+        full_n = N - N % BLOCK_N  # 16-bit: full tiles without masks, then the partial one
     for start_n in range(0, full_n, BLOCK_N):
         grad_aux = _exchange_bwd_aux_step(aux, aux_base, offs_m, mask_m, query_base, grad_out_base, stats_base,
                                           row_stride, start_n, N, C, grad_aux, scale, scale_log2e, C_PAD, BLOCK_N,

@@ -139,7 +139,9 @@ def _warp_fwd_kernel(
     m_i = tl.full([BLOCK_N], float("-inf"), acc_dtype)  # running max of the base-2 logits
     l_i = tl.zeros([BLOCK_N], acc_dtype)  # running sum of exp2(logit - m_i)
     acc = tl.zeros([BLOCK_N], acc_dtype)  # running sum of exp2(logit - m_i) * distance
-    full_m = M - M % BLOCK_M
+    full_m = 0  # 32/64-bit: every tile masked (unmasked full tiles cost registers and spilled on sm_80)
+    if src.dtype.primitive_bitwidth < 32:
+        full_m = M - M % BLOCK_M  # 16-bit: full tiles without masks, then the partial one
     if (src.dtype.primitive_bitwidth < 32) and (POW_MODE == 0):
         first_m = M - M % (3 * BLOCK_M)
         for start_m in range(0, first_m, 3 * BLOCK_M):
@@ -240,7 +242,9 @@ def _warp_bwd_src_kernel(
     p_tgt = tl.zeros([BLOCK_N, C_PAD], acc_dtype)  # sum_v p tgt_v
     p_dist = tl.zeros([BLOCK_N], acc_dtype)  # sum_v p d
     row_sum = tl.zeros([BLOCK_N], acc_dtype)  # sum_v p
-    full_m = M - M % BLOCK_M
+    full_m = 0  # 32/64-bit: every tile masked (unmasked full tiles cost registers and spilled on sm_80)
+    if src.dtype.primitive_bitwidth < 32:
+        full_m = M - M % BLOCK_M  # 16-bit: full tiles without masks, then the partial one
     for start_m in range(0, full_m, BLOCK_M):
         p_dist_tgt, p_tgt, p_dist, row_sum = _warp_bwd_src_step(
             src, src_base, offs_n, mask_n, src_x, src_y, lse, tgt_base, tgt_xy_base, tgt_xy_stride, start_m, M, C,
@@ -326,7 +330,9 @@ def _warp_bwd_tgt_kernel(
     stats_base = Stats + batch * 3 * row_stride
 
     grad_tgt = tl.zeros([BLOCK_M, C_PAD], acc_dtype)
-    full_n = N - N % BLOCK_N
+    full_n = 0  # 32/64-bit: every tile masked (unmasked full tiles cost registers and spilled on sm_80)
+    if tgt.dtype.primitive_bitwidth < 32:
+        full_n = N - N % BLOCK_N  # 16-bit: full tiles without masks, then the partial one
     for start_n in range(0, full_n, BLOCK_N):
         grad_tgt = _warp_bwd_tgt_step(tgt, tgt_base, offs_m, mask_m, tgt_x, tgt_y, src_base, src_xy_base, stats_base,
                                       row_stride, start_n, N, C, grad_tgt, scale_log2e, pow_half, C_PAD, BLOCK_N,
