@@ -25,6 +25,10 @@ LOG2_E = 1.4426950408889634  # softmax runs in base 2: exp(x) = exp2(x * log2(e)
 # kernels are written for it (exp2's argument, the Newton steps, the distance are one FFMA each), and the
 # static kernel report counts those instructions.
 FP_FUSION = True
+# ... and lets ptxas use every register a thread may have (.maxnreg 255; 65536 per SM covers 8 warps at 255). Left
+# to itself, ptxas held some 8-warp kernels at 128 registers and spilled (warp_bwd_tgt fp32 C_PAD 128 on sm_80:
+# 24 bytes at 128 registers, none at 148 with the limit).
+MAX_REGISTERS = 255
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ from ._common import (
     COORDINATE_ALIGN,
     FEATURE_DTYPES,
     FP_FUSION,
+    MAX_REGISTERS,
     _coordinate_stride,
     _join_scalar,
     _dot_nt,
@@ -306,6 +307,7 @@ def exchange_forward(query: torch.Tensor, aux: torch.Tensor, scale: float) -> tu
         C_PAD=c_pad, BLOCK_N=config.block_n, BLOCK_M=config.block_m, K_CHUNK=config.k_chunk,
         IS_FP64=query.dtype == torch.float64, EVEN_C=c == c_pad,
         num_warps=config.num_warps, num_stages=config.num_stages, enable_fp_fusion=FP_FUSION,
+        maxnreg=MAX_REGISTERS,
     )
     return out, lse
 
@@ -336,7 +338,8 @@ def exchange_backward(grad_out, query, aux, out, lse, scale: float) -> tuple[tor
     scalars = (*split_scalar(scale), *split_scalar(log2_scale(scale)))
     constexprs = dict(C_PAD=c_pad, BLOCK_N=config.block_n, BLOCK_M=config.block_m, K_CHUNK=config.k_chunk,
                       IS_FP64=query.dtype == torch.float64, EVEN_C=c == c_pad)
-    launch = dict(num_warps=config.num_warps, num_stages=config.num_stages, enable_fp_fusion=FP_FUSION)
+    launch = dict(num_warps=config.num_warps, num_stages=config.num_stages, enable_fp_fusion=FP_FUSION,
+                  maxnreg=MAX_REGISTERS)
     _exchange_bwd_query_kernel[(triton.cdiv(n, config.block_n), batch)](
         grad_out, query, aux, lse, stats, grad_query, n, m, c, *scalars, **constexprs, **launch)
     _exchange_bwd_aux_kernel[(triton.cdiv(m, config.block_m), batch)](

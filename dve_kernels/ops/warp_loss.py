@@ -19,6 +19,7 @@ from ._common import (
     CHANNEL_PADS,
     FEATURE_DTYPES,
     FP_FUSION,
+    MAX_REGISTERS,
     POW_FOURTH_ROOT,
     POW_MODES,
     _coordinate_stride,
@@ -399,6 +400,7 @@ def warp_loss_forward(src, tgt, src_xy, tgt_xy, pow: float, scale: float) -> tup
         C_PAD=c_pad, BLOCK_N=config.block_n, BLOCK_M=config.block_m, K_CHUNK=config.k_chunk,
         POW_MODE=pow_mode(pow), IS_FP64=src.dtype == torch.float64, EVEN_C=c == c_pad,
         num_warps=config.num_warps, num_stages=config.num_stages, enable_fp_fusion=FP_FUSION,
+        maxnreg=MAX_REGISTERS,
     )
     if _doubles_coordinates(src, pow):
         rows = rows + _non_finite_marker(src_xy, tgt_xy, batch)
@@ -429,7 +431,8 @@ def warp_loss_backward(grad_rows, src, tgt, src_xy, tgt_xy, rows, lse, pow: floa
     scalars = (*split_scalar(scale), *split_scalar(log2_scale(scale)), *split_scalar(0.5 * pow))
     constexprs = dict(C_PAD=c_pad, BLOCK_N=config.block_n, BLOCK_M=config.block_m, K_CHUNK=config.k_chunk,
                       POW_MODE=pow_mode(pow), IS_FP64=src.dtype == torch.float64, EVEN_C=c == c_pad)
-    launch = dict(num_warps=config.num_warps, num_stages=config.num_stages, enable_fp_fusion=FP_FUSION)
+    launch = dict(num_warps=config.num_warps, num_stages=config.num_stages, enable_fp_fusion=FP_FUSION,
+                  maxnreg=MAX_REGISTERS)
     _warp_bwd_src_kernel[(triton.cdiv(n, config.block_n), batch)](
         grad_rows, src, tgt, src_planar, tgt_planar, lse, stats, grad_src, n, m, c, *scalars, **constexprs, **launch)
     _warp_bwd_tgt_kernel[(triton.cdiv(m, config.block_m), batch)](
