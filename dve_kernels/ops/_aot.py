@@ -81,7 +81,7 @@ def compile_specialization(spec, arch: int, return_compiled: bool = False):
     from triton.backends.compiler import GPUTarget  # noqa: PLC0415
     from triton.compiler import ASTSource  # noqa: PLC0415
 
-    from ._common import FP_FUSION, MAX_REGISTERS  # noqa: PLC0415
+    from ._common import FP_FUSION  # noqa: PLC0415
 
     start = time.perf_counter()
     # the runtime sees torch allocations 16-byte aligned and specialises on it: compile the same variant
@@ -89,7 +89,7 @@ def compile_specialization(spec, arch: int, return_compiled: bool = False):
     source = ASTSource(fn=spec.kernel, signature=spec.signature, constexprs=spec.constexprs, attrs=attrs)
     compiled = triton.compile(source, target=GPUTarget("cuda", arch, 32),
                               options={"num_warps": spec.num_warps, "num_stages": spec.num_stages,
-                                       "enable_fp_fusion": FP_FUSION, "maxnreg": MAX_REGISTERS})
+                                       "enable_fp_fusion": FP_FUSION, "maxnreg": spec.max_registers})
     report = ptxas_report(compiled.asm["ptx"], arch)
     report.update(name=spec.name, arch=arch, shared=compiled.metadata.shared, num_warps=spec.num_warps,
                   num_stages=spec.num_stages, shared_limit=SHARED_MEMORY_LIMIT[arch],

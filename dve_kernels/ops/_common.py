@@ -25,9 +25,10 @@ LOG2_E = 1.4426950408889634  # softmax runs in base 2: exp(x) = exp2(x * log2(e)
 # kernels are written for it (exp2's argument, the Newton steps, the distance are one FFMA each), and the
 # static kernel report counts those instructions.
 FP_FUSION = True
-# ... and lets ptxas use every register a thread may have (.maxnreg 255; 65536 per SM covers 8 warps at 255). Left
-# to itself, ptxas held some 8-warp kernels at 128 registers and spilled (warp_bwd_tgt fp32 C_PAD 128 on sm_80:
-# 24 bytes at 128 registers, none at 148 with the limit).
+# 32/64-bit launches let ptxas use every register a thread may have (.maxnreg 255; 65536 per SM covers 8 warps at
+# 255): left to itself, ptxas held some 8-warp FMA-dot kernels at 128 registers and spilled (warp_bwd_tgt fp32
+# C_PAD 128 on sm_80: 24 bytes at 128 registers, none at 148 with the limit). 16-bit launches keep ptxas's own
+# choice: with the limit, the three-tile warp-loss forward spilled on sm_80 (116 bytes at 255; none at 183 without).
 MAX_REGISTERS = 255
 
 
@@ -41,6 +42,7 @@ class LaunchConfig:
     num_warps: int
     num_stages: int
     k_chunk: int = 16
+    max_registers: int | None = None  # .maxnreg for ptxas (see MAX_REGISTERS); None: ptxas decides
 
 
 @dataclass
@@ -55,6 +57,7 @@ class Specialization:
     num_stages: int
     pointer_args: tuple = field(default_factory=tuple)  # names that the runtime sees 16-byte aligned
     tiles_per_iteration: int = 1  # tiles the steady-state loop handles per iteration (unrolled), for bench/
+    max_registers: int | None = None  # LaunchConfig.max_registers
 
 
 def channel_pad(channels: int) -> int:
@@ -112,7 +115,9 @@ def launch_config(pass_name: str, c_pad: int, dtype: torch.dtype) -> LaunchConfi
     # channel slices: 16 wide, but 32 for float32 with 8 warps (at 16, ptxas capped that case at 128
     # registers and spilled on sm_80: empirical, like everything here)
     k_chunk = 32 if itemsize == 4 and num_warps == 8 else 16
-    return LaunchConfig(16, 16, num_warps, 2, k_chunk)
+    # one pipeline stage: the FMA dots re-read their slices from L1/L2 anyway, and a second stage of prefetched
+    # slices pushed float64 at C_PAD = 256 past 255 registers (spills on sm_90; 182 registers with one stage)
+    return LaunchConfig(16, 16, num_warps, 1, k_chunk, MAX_REGISTERS)
 
 
 def pow_mode(pow: float) -> int:
@@ -374,4 +379,4 @@ def make_specialization(name, kernel, arg_types: dict, constexprs: dict, config:
         raise ValueError(f"{name}: no type or constexpr value for {missing}")
     pointers = tuple(arg for arg, kind in signature.items() if kind.startswith("*"))
     return Specialization(name, kernel, signature, dict(constexprs), config.num_warps, config.num_stages, pointers,
-                          tiles_per_iteration)
+                          tiles_per_iteration, config.max_registers)

@@ -20,7 +20,6 @@ from ._common import (
     COORDINATE_ALIGN,
     FEATURE_DTYPES,
     FP_FUSION,
-    MAX_REGISTERS,
     _coordinate_stride,
     _join_scalar,
     _dot_nt,
@@ -307,7 +306,7 @@ def exchange_forward(query: torch.Tensor, aux: torch.Tensor, scale: float) -> tu
         C_PAD=c_pad, BLOCK_N=config.block_n, BLOCK_M=config.block_m, K_CHUNK=config.k_chunk,
         IS_FP64=query.dtype == torch.float64, EVEN_C=c == c_pad,
         num_warps=config.num_warps, num_stages=config.num_stages, enable_fp_fusion=FP_FUSION,
-        maxnreg=MAX_REGISTERS,
+        maxnreg=config.max_registers,
     )
     return out, lse
 
@@ -339,7 +338,7 @@ def exchange_backward(grad_out, query, aux, out, lse, scale: float) -> tuple[tor
     constexprs = dict(C_PAD=c_pad, BLOCK_N=config.block_n, BLOCK_M=config.block_m, K_CHUNK=config.k_chunk,
                       IS_FP64=query.dtype == torch.float64, EVEN_C=c == c_pad)
     launch = dict(num_warps=config.num_warps, num_stages=config.num_stages, enable_fp_fusion=FP_FUSION,
-                  maxnreg=MAX_REGISTERS)
+                  maxnreg=config.max_registers)
     _exchange_bwd_query_kernel[(triton.cdiv(n, config.block_n), batch)](
         grad_out, query, aux, lse, stats, grad_query, n, m, c, *scalars, **constexprs, **launch)
     _exchange_bwd_aux_kernel[(triton.cdiv(m, config.block_m), batch)](

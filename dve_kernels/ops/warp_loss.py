@@ -19,7 +19,6 @@ from ._common import (
     CHANNEL_PADS,
     FEATURE_DTYPES,
     FP_FUSION,
-    MAX_REGISTERS,
     POW_FOURTH_ROOT,
     POW_MODES,
     _coordinate_stride,
@@ -400,7 +399,7 @@ def warp_loss_forward(src, tgt, src_xy, tgt_xy, pow: float, scale: float) -> tup
         C_PAD=c_pad, BLOCK_N=config.block_n, BLOCK_M=config.block_m, K_CHUNK=config.k_chunk,
         POW_MODE=pow_mode(pow), IS_FP64=src.dtype == torch.float64, EVEN_C=c == c_pad,
         num_warps=config.num_warps, num_stages=config.num_stages, enable_fp_fusion=FP_FUSION,
-        maxnreg=MAX_REGISTERS,
+        maxnreg=config.max_registers,
     )
     if _doubles_coordinates(src, pow):
         rows = rows + _non_finite_marker(src_xy, tgt_xy, batch)
@@ -432,7 +431,7 @@ def warp_loss_backward(grad_rows, src, tgt, src_xy, tgt_xy, rows, lse, pow: floa
     constexprs = dict(C_PAD=c_pad, BLOCK_N=config.block_n, BLOCK_M=config.block_m, K_CHUNK=config.k_chunk,
                       POW_MODE=pow_mode(pow), IS_FP64=src.dtype == torch.float64, EVEN_C=c == c_pad)
     launch = dict(num_warps=config.num_warps, num_stages=config.num_stages, enable_fp_fusion=FP_FUSION,
-                  maxnreg=MAX_REGISTERS)
+                  maxnreg=config.max_registers)
     _warp_bwd_src_kernel[(triton.cdiv(n, config.block_n), batch)](
         grad_rows, src, tgt, src_planar, tgt_planar, lse, stats, grad_src, n, m, c, *scalars, **constexprs, **launch)
     _warp_bwd_tgt_kernel[(triton.cdiv(m, config.block_m), batch)](
