@@ -2,7 +2,7 @@
 
 Options:
   --bench-full           the full grid (all resolutions up to 256², C in {3, 16, 64}, fp16/bf16 on GPU);
-                         (the default grid aims at about 10 minutes on a 2-core CPU; not yet timed end to end)
+                         the default grid takes about 12 minutes on a 2-core CPU (README, Benchmarks)
   --bench-device DEV     cpu or cuda (default: cuda when available)
   --bench-budget-gib G   memory budget for running a case and for "largest trainable resolution"
                          (default 16 on GPU, 8 on CPU)
