@@ -77,7 +77,8 @@ def launch_config(pass_name: str, c_pad: int, dtype: torch.dtype) -> LaunchConfi
     rows in registers (32 x 32 tiles spilled from C_PAD = 16 on in float32, 16 x 16 did not; float64
     needs 8 warps from C_PAD = 64 on). Every result is compiled for sm_80 and sm_90 by
     tests/test_triton_aot.py (DVE_AOT_FULL=1 for all of them), which fails on any spill or shared-memory
-    overflow. Only spills and shared memory were measured, not speed.
+    overflow. No GPU has run them yet: speed comes only from the modelled bounds of bench/kernel_report.py
+    (which chose 8 warps for the warp-loss forward and 4 for the exchange forward at C_PAD = 256, see below).
     ``pass_name`` is "exchange_fwd", "exchange_bwd" (both backward kernels), "warp_fwd" or "warp_bwd".
     """
     if pass_name not in ("exchange_fwd", "exchange_bwd", "warp_fwd", "warp_bwd"):
