@@ -22,9 +22,6 @@ def kernel_specializations() -> list:
     """
     specs = []
     for spec in exchange_specializations() + warp_loss_specializations():
-        if "EVEN_C" not in spec.kernel.arg_names:
-            specs.append(spec)
-            continue
         specs.append(dataclasses.replace(spec, constexprs={**spec.constexprs, "EVEN_C": True}))
         specs.append(dataclasses.replace(spec, name=spec.name + "_ragged",
                                          constexprs={**spec.constexprs, "EVEN_C": False}))

@@ -210,11 +210,16 @@ def _coordinate_stride(rows):
     return tl.cdiv(rows, 16) * 16
 
 
+def aligned_stride(rows: int) -> int:
+    """The plane stride of the planar buffers: ``rows`` rounded up to COORDINATE_ALIGN (as _coordinate_stride)."""
+    return -(-rows // COORDINATE_ALIGN) * COORDINATE_ALIGN
+
+
 def planar_coordinates(xy: torch.Tensor, dtype: torch.dtype, factor: float = 1.0) -> torch.Tensor:
     """(B, R, 2) coordinates as the kernels read them: (B, 2, stride) planes of x and y, stride = R rounded
     up to COORDINATE_ALIGN (the padding is never read), in ``dtype``, times ``factor``. O(B·R)."""
     batch, rows, _ = xy.shape
-    stride = -(-rows // COORDINATE_ALIGN) * COORDINATE_ALIGN
+    stride = aligned_stride(rows)
     out = torch.zeros((batch, 2, stride), dtype=dtype, device=xy.device)
     out[:, :, :rows] = xy.transpose(1, 2) * factor if factor != 1.0 else xy.transpose(1, 2)
     return out

@@ -17,7 +17,6 @@ import triton.language as tl
 
 from ._common import (
     CHANNEL_PADS,
-    COORDINATE_ALIGN,
     FEATURE_DTYPES,
     FP_FUSION,
     _coordinate_stride,
@@ -27,6 +26,7 @@ from ._common import (
     _load_vector,
     _softmax_tile,
     accumulator_dtype,
+    aligned_stride,
     channel_pad,
     check_runnable,
     launch_config,
@@ -332,8 +332,7 @@ def exchange_backward(grad_out, query, aux, out, lse, scale: float) -> tuple[tor
     grad_aux = torch.empty_like(aux)
     # O(B·N), the only extra buffer: lse, D_u and the row normalisation per query row, written by the query
     # kernel for the aux kernel, in planes aligned to 16 elements (see _coordinate_stride)
-    stats = torch.empty((batch, 3, -(-n // COORDINATE_ALIGN) * COORDINATE_ALIGN), dtype=lse.dtype,
-                        device=query.device)
+    stats = torch.empty((batch, 3, aligned_stride(n)), dtype=lse.dtype, device=query.device)
     scalars = (*split_scalar(scale), *split_scalar(log2_scale(scale)))
     constexprs = dict(C_PAD=c_pad, BLOCK_N=config.block_n, BLOCK_M=config.block_m, K_CHUNK=config.k_chunk,
                       IS_FP64=query.dtype == torch.float64, EVEN_C=c == c_pad)
