@@ -19,7 +19,7 @@ if DEVICE == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
     pytest.skip("no GPU and TRITON_INTERPRET is not 1", allow_module_level=True)
 
 from dve_kernels import ops, reference  # noqa: E402
-from dve_kernels.ops import _common  # noqa: E402
+from dve_kernels.ops import _distance, _launch  # noqa: E402
 from dve_kernels.memory import AllocationRecorder  # noqa: E402
 
 @pytest.fixture(autouse=True)
@@ -33,7 +33,7 @@ def _interpreter_tiles(monkeypatch):
     """
     if DEVICE == "cuda":
         return
-    real = _common.launch_config
+    real = _launch.launch_config
 
     def larger_tiles(pass_name, c_pad, dtype):
         config = real(pass_name, c_pad, dtype)
@@ -191,7 +191,7 @@ def test_normalized_vectors_and_huge_logits(op, scale):
 
 def test_many_tiles(monkeypatch):
     """Tiles of 16 so that rows, columns and their masked remainders span several programs and loop steps."""
-    small = _common.LaunchConfig(block_n=16, block_m=16, num_warps=4, num_stages=2)
+    small = _launch.LaunchConfig(block_n=16, block_m=16, num_warps=4, num_stages=2)
     # the modules, not the functions of the same name that dve_kernels.ops re-exports
     for module in ("dve_kernels.ops.exchange", "dve_kernels.ops.warp_loss"):
         monkeypatch.setattr(importlib.import_module(module), "launch_config", lambda *args: small)
@@ -294,8 +294,8 @@ def test_low_precision_fourth_roots():
     def roots(R2x4, Newton, Mufu, SIZE: tl.constexpr):
         offs = tl.arange(0, SIZE)
         r2x4 = tl.load(R2x4 + offs)
-        tl.store(Newton + offs, _common._fourth_root_newton(r2x4))
-        tl.store(Mufu + offs, _common._fourth_root_mufu(r2x4))
+        tl.store(Newton + offs, _distance._fourth_root_newton(r2x4))
+        tl.store(Mufu + offs, _distance._fourth_root_mufu(r2x4))
 
     r2 = torch.cat([torch.logspace(-12, 12, 1000, dtype=torch.float64), torch.rand(24, dtype=torch.float64) * 5000])
     r2x4 = (4 * r2).float().to(DEVICE)

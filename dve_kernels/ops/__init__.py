@@ -8,7 +8,7 @@ CPU tensors run only under ``TRITON_INTERPRET=1`` (set before ``triton`` is impo
 
 import dataclasses
 
-from ._common import LaunchConfig, Specialization, channel_pad, launch_config
+from ._launch import LaunchConfig, Specialization, channel_pad, launch_config
 from .exchange import exchange, exchange_backward, exchange_forward, exchange_specializations
 from .warp_loss import warp_loss_backward, warp_loss_forward, warp_loss_rows, warp_loss_specializations
 

@@ -81,7 +81,7 @@ def compile_specialization(spec, arch: int, return_compiled: bool = False):
     from triton.backends.compiler import GPUTarget  # noqa: PLC0415
     from triton.compiler import ASTSource  # noqa: PLC0415
 
-    from ._common import FP_FUSION  # noqa: PLC0415
+    from ._launch import FP_FUSION  # noqa: PLC0415
 
     start = time.perf_counter()
     # the runtime sees torch allocations 16-byte aligned and specialises on it: compile the same variant

@@ -15,25 +15,29 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import (
-    CHANNEL_PADS,
-    FEATURE_DTYPES,
-    FP_FUSION,
-    _coordinate_stride,
-    _join_scalar,
-    _dot_nt,
-    _load_rows,
-    _load_vector,
-    _softmax_tile,
+from ._launch import (
     accumulator_dtype,
     aligned_stride,
     channel_pad,
+    CHANNEL_PADS,
     check_runnable,
+    FEATURE_DTYPES,
+    FP_FUSION,
     launch_config,
     log2_scale,
     make_specialization,
     split_scalar,
     triton_type,
+)
+from ._tiles import (
+    _full_tiles_end,
+    _coordinate_stride,
+    _dot_nt,
+    _join_scalar,
+    _load_rows,
+    _load_vector,
+    _softmax_tile,
+    _store_rows,
 )
 
 
@@ -80,7 +84,6 @@ def _exchange_fwd_kernel(
     stride_c = C_PAD if EVEN_C else C
 
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    offs_c = tl.arange(0, C_PAD)
     mask_n = offs_n < N
     query_base = Query + batch * N * stride_c
     query = _load_rows(query_base, offs_n, mask_n, C, C_PAD, EVEN_C, True)
@@ -92,9 +95,7 @@ def _exchange_fwd_kernel(
     m_i = tl.full([BLOCK_N], float("-inf"), acc_dtype)  # running max of the base-2 logits
     l_i = tl.zeros([BLOCK_N], acc_dtype)  # running sum of exp2(logit - m_i)
     acc = tl.zeros([BLOCK_N, C_PAD], acc_dtype)  # running sum of exp2(logit - m_i) * aux_w
-    full_m = 0  # 32/64-bit: every tile masked (unmasked full tiles cost registers and spilled on sm_80)
-    if query.dtype.primitive_bitwidth < 32:
-        full_m = M - M % BLOCK_M  # 16-bit: full tiles without masks, then the partial one
+    full_m = _full_tiles_end(M, BLOCK_M, LOW_PRECISION=query.dtype.primitive_bitwidth < 32)
     for start_m in range(0, full_m, BLOCK_M):
         m_i, l_i, acc = _exchange_fwd_step(query, query_base, offs_n, mask_n, aux_base, start_m, M, C, m_i, l_i, acc,
                                            scale_log2e, C_PAD, BLOCK_M, K_CHUNK, IS_FP64, EVEN_C, False)
@@ -103,8 +104,7 @@ def _exchange_fwd_kernel(
                                            scale_log2e, C_PAD, BLOCK_M, K_CHUNK, IS_FP64, EVEN_C, True)
 
     out = acc / l_i[:, None]
-    tl.store(Out + batch * N * stride_c + offs_n[:, None] * stride_c + offs_c[None, :], out.to(Out.dtype.element_ty),
-             mask=mask_n[:, None] & (offs_c < C)[None, :])
+    _store_rows(Out + batch * N * stride_c, offs_n, mask_n, out, C, C_PAD, EVEN_C)
     tl.store(Lse + batch * N + offs_n, m_i + tl.log2(l_i), mask=mask_n)
 
 
@@ -159,7 +159,6 @@ def _exchange_bwd_query_kernel(
     stride_c = C_PAD if EVEN_C else C
 
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    offs_c = tl.arange(0, C_PAD)
     mask_n = offs_n < N
     query_base = Query + batch * N * stride_c
     grad_out_base = GradOut + batch * N * stride_c
@@ -172,9 +171,7 @@ def _exchange_bwd_query_kernel(
     p_aux = tl.zeros([BLOCK_N, C_PAD], acc_dtype)  # sum_w P aux_w (the output, as this kernel's P gives it)
     delta = tl.zeros([BLOCK_N], acc_dtype)  # sum_w P dP
     row_sum = tl.zeros([BLOCK_N], acc_dtype)  # sum_w P
-    full_m = 0  # 32/64-bit: every tile masked (unmasked full tiles cost registers and spilled on sm_80)
-    if query.dtype.primitive_bitwidth < 32:
-        full_m = M - M % BLOCK_M  # 16-bit: full tiles without masks, then the partial one
+    full_m = _full_tiles_end(M, BLOCK_M, LOW_PRECISION=query.dtype.primitive_bitwidth < 32)
     for start_m in range(0, full_m, BLOCK_M):
         weighted_dp_aux, p_aux, delta, row_sum = _exchange_bwd_query_step(
             query, grad_out, query_base, grad_out_base, offs_n, mask_n, lse, aux_base, start_m, M, C,
@@ -194,8 +191,7 @@ def _exchange_bwd_query_kernel(
     tl.store(stats_base + row_stride, delta, mask=mask_n)
     tl.store(stats_base + 2 * row_stride, row_scale, mask=mask_n)
     grad_query = (weighted_dp_aux - delta[:, None] * p_aux) * (row_scale * scale)[:, None]
-    tl.store(GradQuery + batch * N * stride_c + offs_n[:, None] * stride_c + offs_c[None, :],
-             grad_query.to(GradQuery.dtype.element_ty), mask=mask_n[:, None] & (offs_c < C)[None, :])
+    _store_rows(GradQuery + batch * N * stride_c, offs_n, mask_n, grad_query, C, C_PAD, EVEN_C)
 
 
 @triton.jit
@@ -252,7 +248,6 @@ def _exchange_bwd_aux_kernel(
     stride_c = C_PAD if EVEN_C else C
 
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_c = tl.arange(0, C_PAD)
     mask_m = offs_m < M
     aux_base = Aux + batch * M * stride_c
     aux = _load_rows(aux_base, offs_m, mask_m, C, C_PAD, EVEN_C, True)
@@ -262,9 +257,7 @@ def _exchange_bwd_aux_kernel(
     stats_base = Stats + batch * 3 * row_stride
 
     grad_aux = tl.zeros([BLOCK_M, C_PAD], acc_dtype)
-    full_n = 0  # 32/64-bit: every tile masked (unmasked full tiles cost registers and spilled on sm_80)
-    if aux.dtype.primitive_bitwidth < 32:
-        full_n = N - N % BLOCK_N  # 16-bit: full tiles without masks, then the partial one
+    full_n = _full_tiles_end(N, BLOCK_N, LOW_PRECISION=aux.dtype.primitive_bitwidth < 32)
     for start_n in range(0, full_n, BLOCK_N):
         grad_aux = _exchange_bwd_aux_step(aux, aux_base, offs_m, mask_m, query_base, grad_out_base, stats_base,
                                           row_stride, start_n, N, C, grad_aux, scale, scale_log2e, C_PAD, BLOCK_N,
@@ -274,8 +267,7 @@ def _exchange_bwd_aux_kernel(
                                           row_stride, start_n, N, C, grad_aux, scale, scale_log2e, C_PAD, BLOCK_N,
                                           K_CHUNK, IS_FP64, EVEN_C, True)
 
-    tl.store(GradAux + batch * M * stride_c + offs_m[:, None] * stride_c + offs_c[None, :],
-             grad_aux.to(GradAux.dtype.element_ty), mask=mask_m[:, None] & (offs_c < C)[None, :])
+    _store_rows(GradAux + batch * M * stride_c, offs_m, mask_m, grad_aux, C, C_PAD, EVEN_C)
 
 
 # --------------------------------------------------------------------------------------------- launchers

@@ -15,30 +15,36 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import (
-    CHANNEL_PADS,
-    FEATURE_DTYPES,
-    FP_FUSION,
-    POW_FOURTH_ROOT,
-    POW_MODES,
-    _coordinate_stride,
+from ._distance import (
     _distance_power,
     _fourth_root_mufu,
-    _join_scalar,
-    _dot_nt,
-    _load_rows,
-    _load_vector,
-    _softmax_tile,
+)
+from ._launch import (
     accumulator_dtype,
     channel_pad,
+    CHANNEL_PADS,
     check_runnable,
+    FEATURE_DTYPES,
+    FP_FUSION,
     launch_config,
     log2_scale,
     make_specialization,
     planar_coordinates,
+    POW_FOURTH_ROOT,
     pow_mode,
+    POW_MODES,
     split_scalar,
     triton_type,
+)
+from ._tiles import (
+    _full_tiles_end,
+    _coordinate_stride,
+    _dot_nt,
+    _join_scalar,
+    _load_rows,
+    _load_vector,
+    _softmax_tile,
+    _store_rows,
 )
 
 POW_MODE_NAMES = {0: "pow0.5", 1: "pow1", 2: "pow2", 3: "powany"}
@@ -53,7 +59,7 @@ POW_MODE_NAMES = {0: "pow0.5", 1: "pow1", 2: "pow2", 3: "powany"}
 # vectors load as vectors too.
 #
 # 16-bit features, pow = 0.5: the launchers pass coordinates times 2, so the kernels see r2' = 4 r2, which the
-# fourth roots of _common (_fourth_root_newton, _fourth_root_mufu) expect.
+# fourth roots of _distance (_fourth_root_newton, _fourth_root_mufu) expect.
 
 
 @triton.jit
@@ -139,9 +145,7 @@ def _warp_fwd_kernel(
     m_i = tl.full([BLOCK_N], float("-inf"), acc_dtype)  # running max of the base-2 logits
     l_i = tl.zeros([BLOCK_N], acc_dtype)  # running sum of exp2(logit - m_i)
     acc = tl.zeros([BLOCK_N], acc_dtype)  # running sum of exp2(logit - m_i) * distance
-    full_m = 0  # 32/64-bit: every tile masked (unmasked full tiles cost registers and spilled on sm_80)
-    if src.dtype.primitive_bitwidth < 32:
-        full_m = M - M % BLOCK_M  # 16-bit: full tiles without masks, then the partial one
+    full_m = _full_tiles_end(M, BLOCK_M, LOW_PRECISION=src.dtype.primitive_bitwidth < 32)
     if (src.dtype.primitive_bitwidth < 32) and (POW_MODE == 0):
         first_m = M - M % (3 * BLOCK_M)
         for start_m in range(0, first_m, 3 * BLOCK_M):
@@ -242,9 +246,7 @@ def _warp_bwd_src_kernel(
     p_tgt = tl.zeros([BLOCK_N, C_PAD], acc_dtype)  # sum_v p tgt_v
     p_dist = tl.zeros([BLOCK_N], acc_dtype)  # sum_v p d
     row_sum = tl.zeros([BLOCK_N], acc_dtype)  # sum_v p
-    full_m = 0  # 32/64-bit: every tile masked (unmasked full tiles cost registers and spilled on sm_80)
-    if src.dtype.primitive_bitwidth < 32:
-        full_m = M - M % BLOCK_M  # 16-bit: full tiles without masks, then the partial one
+    full_m = _full_tiles_end(M, BLOCK_M, LOW_PRECISION=src.dtype.primitive_bitwidth < 32)
     for start_m in range(0, full_m, BLOCK_M):
         p_dist_tgt, p_tgt, p_dist, row_sum = _warp_bwd_src_step(
             src, src_base, offs_n, mask_n, src_x, src_y, lse, tgt_base, tgt_xy_base, tgt_xy_stride, start_m, M, C,
@@ -263,8 +265,7 @@ def _warp_bwd_src_kernel(
     tl.store(stats_base + row_stride, rows, mask=mask_n)
     tl.store(stats_base + 2 * row_stride, upstream * row_scale, mask=mask_n)
     grad_src = (p_dist_tgt - rows[:, None] * p_tgt) * (row_scale * upstream * scale)[:, None]
-    tl.store(GradSrc + batch * N * stride_c + offs_n[:, None] * stride_c + tl.arange(0, C_PAD)[None, :],
-             grad_src.to(GradSrc.dtype.element_ty), mask=mask_n[:, None] & (tl.arange(0, C_PAD) < C)[None, :])
+    _store_rows(GradSrc + batch * N * stride_c, offs_n, mask_n, grad_src, C, C_PAD, EVEN_C)
 
 
 @triton.jit
@@ -330,9 +331,7 @@ def _warp_bwd_tgt_kernel(
     stats_base = Stats + batch * 3 * row_stride
 
     grad_tgt = tl.zeros([BLOCK_M, C_PAD], acc_dtype)
-    full_n = 0  # 32/64-bit: every tile masked (unmasked full tiles cost registers and spilled on sm_80)
-    if tgt.dtype.primitive_bitwidth < 32:
-        full_n = N - N % BLOCK_N  # 16-bit: full tiles without masks, then the partial one
+    full_n = _full_tiles_end(N, BLOCK_N, LOW_PRECISION=tgt.dtype.primitive_bitwidth < 32)
     for start_n in range(0, full_n, BLOCK_N):
         grad_tgt = _warp_bwd_tgt_step(tgt, tgt_base, offs_m, mask_m, tgt_x, tgt_y, src_base, src_xy_base, stats_base,
                                       row_stride, start_n, N, C, grad_tgt, scale_log2e, pow_half, C_PAD, BLOCK_N,
@@ -342,9 +341,7 @@ def _warp_bwd_tgt_kernel(
                                       row_stride, start_n, N, C, grad_tgt, scale_log2e, pow_half, C_PAD, BLOCK_N,
                                       K_CHUNK, POW_MODE, IS_FP64, EVEN_C, True)
 
-    tl.store(GradTgt + batch * M * stride_c + offs_m[:, None] * stride_c + tl.arange(0, C_PAD)[None, :],
-             (grad_tgt * scale).to(GradTgt.dtype.element_ty),
-             mask=mask_m[:, None] & (tl.arange(0, C_PAD) < C)[None, :])
+    _store_rows(GradTgt + batch * M * stride_c, offs_m, mask_m, grad_tgt * scale, C, C_PAD, EVEN_C)
 
 
 # --------------------------------------------------------------------------------------------- launchers

@@ -1,16 +1,17 @@
-"""Pieces shared by the Triton ops: launch configuration, scalar splitting, the distance power.
+"""Launch policy (host side): what every launcher picks at run time, and the list of compiled specialisations.
 
-Everything a launcher can choose at run time is decided here, in one place, so that
-:func:`dve_kernels.ops.kernel_specializations` can enumerate it for ahead-of-time compilation.
+Everything a launcher can choose is decided here, in one place, so that
+:func:`dve_kernels.ops.kernel_specializations` can enumerate it for ahead-of-time compilation, and the
+launchers and the AOT list build their compile-time arguments with the same :func:`kernel_constexprs`.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 import torch
 import triton
-import triton.language as tl
 
 # Every launch pads the channel count to one of these (tl.dot needs K >= 16 and power-of-two blocks).
 CHANNEL_PADS = (16, 32, 64, 128, 256)
@@ -157,57 +158,14 @@ def check_runnable(tensor: torch.Tensor) -> None:
     """Fail clearly when a CPU tensor reaches the kernels without the interpreter switched on."""
     if tensor.device.type == "cuda":
         return
-    from triton.runtime.interpreter import InterpretedFunction  # noqa: PLC0415
-
-    from .exchange import _exchange_fwd_kernel  # noqa: PLC0415
-
-    if not isinstance(_exchange_fwd_kernel, InterpretedFunction):
+    if os.environ.get("TRITON_INTERPRET", "0") in ("", "0"):
         raise RuntimeError(
             f"the Triton kernels got tensors on {tensor.device}; CPU tensors run only in Triton's interpreter "
             "(set TRITON_INTERPRET=1 before triton is imported)"
         )
 
 
-@triton.jit
-def _join_scalar(HI, LO, IS_FP64: tl.constexpr):
-    """Re-join a scalar passed as a float32 pair (see split_scalar); float32 launches use HI only."""
-    # adding to a typed zero (rather than .to()) also works on the plain Python floats of the interpreter
-    if IS_FP64:
-        return (tl.zeros([], tl.float64) + HI) + LO
-    else:
-        return tl.zeros([], tl.float32) + HI
-
-
-@triton.jit
-def _load_rows(base, rows, row_mask, C, C_PAD: tl.constexpr, EVEN_C: tl.constexpr, MASK_ROWS: tl.constexpr):
-    """The ``rows x C_PAD`` tile of a row-major ``(*, C)`` matrix at ``base``; channels past C read 0.
-
-    EVEN_C (C == C_PAD): the row stride is a compile-time constant and there is no channel mask, so each
-    thread's part of a row is one 16-byte vector load (with a runtime C the compiler cannot prove alignment
-    and loads element by element). Without MASK_ROWS every row is in range (full tiles): no predicates.
-    Rows masked off read 0.
-    """
-    offs_c = tl.arange(0, C_PAD)
-    if EVEN_C:
-        ptrs = base + rows[:, None] * C_PAD + offs_c[None, :]
-        if MASK_ROWS:
-            tile = tl.load(ptrs, mask=row_mask[:, None], other=0.0)
-        else:
-            tile = tl.load(ptrs)
-    else:
-        tile = tl.load(base + rows[:, None] * C + offs_c[None, :], mask=row_mask[:, None] & (offs_c < C)[None, :],
-                       other=0.0)
-    return tile
-
-
-COORDINATE_ALIGN = 16
-
-
-@triton.jit
-def _coordinate_stride(rows):
-    """The row stride of the planar coordinate buffers (B, 2, stride): rows rounded up to 16, so that
-    every x and y plane starts 64-byte aligned and per-column coordinate loads can be vectors."""
-    return tl.cdiv(rows, 16) * 16
+COORDINATE_ALIGN = 16  # planar buffers: planes start 64-byte aligned (see _tiles._coordinate_stride)
 
 
 def aligned_stride(rows: int) -> int:
@@ -223,153 +181,6 @@ def planar_coordinates(xy: torch.Tensor, dtype: torch.dtype, factor: float = 1.0
     out = torch.zeros((batch, 2, stride), dtype=dtype, device=xy.device)
     out[:, :, :rows] = xy.transpose(1, 2) * factor if factor != 1.0 else xy.transpose(1, 2)
     return out
-
-
-@triton.jit
-def _load_vector(base, offs, mask, MASKED: tl.constexpr):
-    """``base[offs]`` (0 where masked off, when MASKED)."""
-    if MASKED:
-        values = tl.load(base + offs, mask=mask, other=0.0)
-    else:
-        values = tl.load(base + offs)
-    return values
-
-
-@triton.jit
-def _softmax_tile(logits, m_i, mask_m, scale_log2e, SCALED: tl.constexpr, MASK_M: tl.constexpr):
-    """One tile of an online softmax: the new running row max ``m_new`` and ``p = exp2(logit - m_new)``.
-
-    SCALED (32/64-bit data): ``logits`` already carry scale·log2(e) (see _dot_nt). Otherwise (16-bit data)
-    they are the raw tensor-core dot products and ``scale_log2e >= 0`` (the kernels fold the scale's sign into
-    their row tile, which is exact): the scaled row max is then the raw one times the scale, and exp2's
-    argument is one FFMA per pair. MASK_M: columns masked off get p = 0 and do not enter the max.
-    """
-    if SCALED:
-        if MASK_M:
-            logits = tl.where(mask_m[None, :], logits, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(logits, 1))
-        p = tl.exp2(logits - m_new[:, None])  # masked columns: exp2(-inf) = 0
-    elif MASK_M:
-        m_new = tl.maximum(m_i, tl.max(tl.where(mask_m[None, :], logits, float("-inf")), 1) * scale_log2e)
-        p = tl.where(mask_m[None, :], tl.exp2(logits * scale_log2e - m_new[:, None]), 0.0)
-    else:
-        m_new = tl.maximum(m_i, tl.max(logits, 1) * scale_log2e)
-        p = tl.exp2(logits * scale_log2e - m_new[:, None])
-    return m_new, p
-
-
-@triton.jit
-def _dot_nt(A, a_rows, a_mask, a_tile, B, b_rows, b_mask, b_tile, C, scale_log2e,
-            SCALE_A: tl.constexpr, C_PAD: tl.constexpr, K_CHUNK: tl.constexpr, OUT_DTYPE: tl.constexpr,
-            EVEN_C: tl.constexpr = False):
-    """dot(A_tile, B_tile^T) over the C channels: (rows of A) x (rows of B), times scale_log2e if SCALE_A.
-
-    16-bit data: one tensor-core dot of the register tiles a_tile / b_tile the caller loaded, scaled
-    afterwards in float32.
-
-    32/64-bit data: ``input_precision="ieee"`` makes this an FMA dot, whose operand fragments hold the whole
-    reduction dimension per thread; at C_PAD = 64..256 that spills. So the channels are walked in
-    K_CHUNK-wide slices re-read from memory (L1/L2 hits: the caller has the same rows in flight), and
-    a_tile / b_tile go unused (the compiler drops their loads when nothing else reads them). The scale
-    goes into the A slice before the dot: each small product term is rounded instead of the large logit
-    (|logit| up to ~1.4e4 in base 2, where one float32 rounding is ~1e-3; SPEC.md promises correct results
-    at logits of 1e4). Every kernel that must agree bitwise on a logit calls this with the same
-    operands in the same orientation and tile shape. EVEN_C (C == C_PAD): constant stride, no channel mask.
-    """
-    if a_tile.dtype.primitive_bitwidth < 32:
-        out = tl.dot(a_tile, tl.trans(b_tile), out_dtype=OUT_DTYPE)
-        if SCALE_A:
-            out = out * scale_log2e
-    else:
-        out = tl.zeros([a_rows.shape[0], b_rows.shape[0]], OUT_DTYPE)
-        stride = C_PAD if EVEN_C else C
-        # a runtime trip count even when EVEN_C: a compile-time one let the compiler unroll the slices and
-        # spill on sm_80; C, not C_PAD: no slice of padding only
-        for k_start in range(0, C, K_CHUNK):
-            offs_k = k_start + tl.arange(0, K_CHUNK)
-            mask_k = offs_k < stride
-            a = tl.load(A + a_rows[:, None] * stride + offs_k[None, :], mask=a_mask[:, None] & mask_k[None, :],
-                        other=0.0)
-            if SCALE_A:
-                a = a * scale_log2e
-            b = tl.load(B + b_rows[:, None] * stride + offs_k[None, :], mask=b_mask[:, None] & mask_k[None, :],
-                        other=0.0)
-            out += tl.dot(a, tl.trans(b), input_precision="ieee", out_dtype=OUT_DTYPE)
-    return out
-
-
-@triton.jit
-def _fourth_root_fma(r2):
-    """r2 ** 0.25 for float32 r2 >= 0 using only integer and FMA-pipe instructions (no MUFU).
-
-    Why: the softmax already spends one MUFU (ex2) per pair, and MUFU runs at 1/8 of the FMA rate;
-    sqrt(sqrt(r2)) would triple the MUFU work of the warp-loss loops. The trade: ~18 FMA-pipe
-    instructions instead of 2 MUFU ops; on GPU the faster choice depends on which pipe saturates first
-    (see the static kernel report in bench/). Method: y ~ r2 ** -0.25 from the exponent bits (magic
-    constant tuned for the smallest start error, 3.1 %), three Newton steps
-    y <- y (1.25 - 0.25 r2 y^4) (error 3e-2 -> 8e-3 -> 5e-5 -> 6e-7, the last set by float32 rounding),
-    then r2 ** 0.25 = r2 y^3. The iteration runs on max(r2, 1e-30): for r2 == 0 (a pixel that lands
-    exactly on a target) the start guess would overflow y^4 to inf and 0 * inf = NaN; with the clamp y
-    stays ~3e7, and the final product with the unclamped r2 gives exactly 0 (NaN still propagates).
-    """
-    r2_safe = tl.maximum(r2, 1e-30)
-    bits = r2_safe.to(tl.int32, bitcast=True)
-    y = (1331193446 - (bits >> 2)).to(tl.float32, bitcast=True)
-    quarter_r2 = 0.25 * r2_safe
-    y = y * (1.25 - quarter_r2 * ((y * y) * (y * y)))
-    y = y * (1.25 - quarter_r2 * ((y * y) * (y * y)))
-    y = y * (1.25 - quarter_r2 * ((y * y) * (y * y)))
-    return r2 * (y * y * y)
-
-
-@triton.jit
-def _fourth_root_newton(r2x4):
-    """r2 ** 0.25 from r2x4 = 4 r2 > 0 (float32), with one MUFU (rsqrt) and 8 FMA/integer-pipe instructions.
-
-    For 16-bit features, where the softmax's one MUFU per pair leaves room for a second (MUFU caps a pass
-    at ~1.9e12 pairs/s on an H100 with two, ~1.3e12 with three). h = rsqrt(4 r2) = r2 ** -0.5 / 2 (MUFU, ~2^-23
-    relative error); w ~ r2 ** 0.25 from the exponent bits of 4 r2 (constant tuned for the smallest start
-    error, 3.4 %); two Newton steps w <- w (1.5 - h w^2) for w = (2h) ** -0.5 = r2 ** 0.25 (3.4e-2 -> 1.8e-3
-    -> 4.8e-6 relative), far below the 2^-8 resolution of 16-bit features (float32 features keep the 6e-7
-    of _fourth_root_fma). Taking 4 r2 is what saves the multiplication by 1/2 in each step: the launchers
-    double the coordinates. r2x4 = +inf gives a finite number (the launcher marks such rows non-finite).
-    """
-    h = tl.rsqrt(r2x4)
-    w = (794507078 + (r2x4.to(tl.int32, bitcast=True) >> 2)).to(tl.float32, bitcast=True)
-    w = w * (1.5 - h * (w * w))
-    w = w * (1.5 - h * (w * w))
-    return w
-
-
-@triton.jit
-def _fourth_root_mufu(r2x4):
-    """sqrt(2) · r2 ** 0.25 = rsqrt(rsqrt(4 r2)): two MUFU, two issue slots (relative error ~2e-7)."""
-    return tl.rsqrt(tl.rsqrt(r2x4))
-
-
-@triton.jit
-def _distance_power(r2, POW_HALF, POW_MODE: tl.constexpr, IS_FP64: tl.constexpr, LOW_PRECISION: tl.constexpr = False):
-    """||d|| ** pow from the squared distance r2, with pow a compile-time case where it can be.
-
-    POW_HALF is pow / 2 (only read by the general case: r2 ** (pow/2) = exp2(pow/2 * log2(r2)),
-    two MUFU ops; log2(0) = -inf and pow > 0 give exp2(-inf) = 0 with no guard). LOW_PRECISION (16-bit
-    features): r2 is 4 r2 for pow = 0.5 (doubled coordinates) and the fourth root has ~5e-6 relative error
-    instead of ~6e-7, for fewer instructions (_fourth_root_newton).
-    """
-    if POW_MODE == 0:
-        if IS_FP64:
-            dist = tl.sqrt(tl.sqrt(r2))  # float64 is never the fast path: keep it exact
-        elif LOW_PRECISION:
-            dist = _fourth_root_newton(r2)
-        else:
-            dist = _fourth_root_fma(r2)
-    elif POW_MODE == 1:
-        dist = tl.sqrt(r2)  # one MUFU; an FMA Newton square root costs ~13 instructions instead
-    elif POW_MODE == 2:
-        dist = r2
-    else:
-        dist = tl.exp2(POW_HALF * tl.log2(r2))
-    return dist
 
 
 def log2_scale(scale: float) -> float:
