@@ -24,6 +24,7 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #ifdef _OPENMP
@@ -329,6 +330,65 @@ inline void tile_logits(const A* X, std::int64_t ldx, const A* KT, std::int64_t 
           }
       }
     }
+  }
+}
+
+// Micro-kernel 1, float32 storage: the same S = X @ KT, accumulated in double and kept in double. Each
+// float x float product is exact in double and the sum keeps 53 bits. Why: with x20-normalised vectors a logit
+// is ~400, where one float ulp is 3e-5; a softmax row with two close candidates turns the rounding of their
+// logits into the largest error of the whole result (even correctly rounded float logits move such a
+// reconstruction by ~1e-5), and a dense sgemm is off by the same amount only on unlucky rows. The softmax then
+// subtracts the row max (or lse) in double, so logit - max is exact to its own magnitude before it becomes a
+// float. 16-bit storage keeps the float kernel: its promise is against the dense 16-bit computation, whose
+// errors are 2^13 times larger.
+inline void tile_logits_wide(const float* X, std::int64_t ldx, const float* KT, std::int64_t channels, int rows,
+                             double* S) {
+  constexpr int WD = DVE_VECTOR_BYTES / static_cast<int>(sizeof(double));  // doubles per vector
+  typedef double dvec __attribute__((vector_size(DVE_VECTOR_BYTES), aligned(sizeof(double)), may_alias));
+  typedef float hvec __attribute__((vector_size(DVE_VECTOR_BYTES / 2), aligned(sizeof(float)), may_alias));
+  constexpr int vectors = 4;  // double vectors per row of a register block
+  constexpr int block_cols = WD * vectors;
+  static_assert(kTileCols % block_cols == 0, "kTileCols must be a multiple of the register block");
+  for (int r0 = 0; r0 < rows; r0 += kMicroRows) {
+    for (int k0 = 0; k0 < kTileCols; k0 += block_cols) {
+      dvec acc[kMicroRows][vectors];
+      for (int i = 0; i < kMicroRows; ++i)
+        for (int j = 0; j < vectors; ++j) acc[i][j] = dvec{};
+      const float* kt = KT + k0;
+      for (std::int64_t c = 0; c < channels; ++c, kt += kTileCols) {
+        dvec b[vectors];
+        for (int j = 0; j < vectors; ++j) b[j] = __builtin_convertvector(*reinterpret_cast<const hvec*>(kt + j * WD), dvec);
+        for (int i = 0; i < kMicroRows; ++i) {
+          const dvec a = static_cast<double>(X[(r0 + i) * ldx + c]) - dvec{};
+          for (int j = 0; j < vectors; ++j) acc[i][j] += a * b[j];
+        }
+      }
+      for (int i = 0; i < kMicroRows; ++i)
+        for (int j = 0; j < vectors; ++j) *reinterpret_cast<dvec*>(S + (r0 + i) * kTileCols + k0 + j * WD) = acc[i][j];
+    }
+  }
+}
+
+// The type logits are kept in for storage type S: double for float32 storage (see tile_logits_wide), the
+// compute type otherwise.
+template <class S>
+struct logit_type {
+  using type = compute_t<S>;
+};
+template <>
+struct logit_type<float> {
+  using type = double;
+};
+template <class S>
+using logit_t = typename logit_type<S>::type;
+
+// The logit tile of storage type S, in logit_t<S>.
+template <class S, class A>
+inline void logit_tile(const A* X, std::int64_t ldx, const A* KT, std::int64_t channels, int rows, logit_t<S>* out) {
+  if constexpr (std::is_same_v<S, float>) {
+    tile_logits_wide(X, ldx, KT, channels, rows, out);
+  } else {
+    tile_logits(X, ldx, KT, channels, rows, out);
   }
 }
 

@@ -8,11 +8,16 @@
 // Forward: one task per (batch, tile of kTileRows queries); online softmax over tiles of
 // kTileCols aux rows (running max m, running sum l, rescaled accumulator), no N x M buffer.
 //
-// Backward (flash-attention-2 style recomputation from lse), with D_u = <dO_u, out_u>:
-//   dlogit_uw = p_uw (<dO_u, aux_w> - D_u)
+// Backward (flash-attention-2 style recomputation from lse), with dP_uw = <dO_u, aux_w>:
+//   dlogit_uw = p_uw (dP_uw - D_u),  D_u = sum_w p_uw dP_uw
+// p = P / S_u are this backward's own probabilities P = exp(logit - lse) normalised by their sum S_u, and
+// D_u = D~_u + (sum_w P_uw (dP_uw - D~_u)) / S_u with D~_u = <dO_u, out_u> (flash attention's estimate): a
+// statistics pass per query tile, then dlogit element by element as p ((dP - D~) - (D - D~)). Both
+// differences are of nearly equal numbers where p matters, so a peaked (one-hot) row cancels exactly, as
+// in the dense computation; FlashAttention's D~ alone is off by ~1e-5 |dP| there (float32 outputs).
 //   grad_query_u = scale * sum_w dlogit_uw aux_w
 //   grad_aux_w   = scale * sum_u dlogit_uw query_u  +  sum_u p_uw dO_u        (key + value roles)
-// One pass over all (u, w) pairs: tasks are (batch, fixed chunk of query tiles); each chunk adds
+// Then one pass over all (u, w) pairs: tasks are (batch, fixed chunk of query tiles); each chunk adds
 // its grad_aux contribution into a private workspace, and the chunks are summed in chunk order at
 // the end. No atomics, no order that depends on the threads.
 #pragma once
@@ -27,6 +32,7 @@ void exchange_forward(const S* query, const S* aux, S* out, double* lse, std::in
                       std::int64_t n_query, std::int64_t n_aux, std::int64_t channels, double scale,
                       int num_threads = 0) {
   using A = compute_t<S>;
+  using L = logit_t<S>;
   const std::int64_t padded = padded_channels<A>(channels);
   const std::int64_t query_tiles = ceil_div(n_query, kTileRows);
   const std::int64_t tasks = batch * query_tiles;
@@ -41,10 +47,12 @@ void exchange_forward(const S* query, const S* aux, S* out, double* lse, std::in
     const S* aux_b = aux + b * n_aux * channels;
 
     std::vector<A> q_tile(kTileRows * padded), acc(kTileRows * padded, A(0));
-    std::vector<A> aux_rows(kTileCols * padded), aux_t(channels * kTileCols), logits(kTileRows * kTileCols);
-    A running_max[kTileRows], running_sum[kTileRows];
+    std::vector<A> aux_rows(kTileCols * padded), aux_t(channels * kTileCols), prob(kTileRows * kTileCols);
+    std::vector<L> logits(kTileRows * kTileCols);
+    L running_max[kTileRows];
+    A running_sum[kTileRows];
     for (int r = 0; r < kTileRows; ++r) {
-      running_max[r] = -std::numeric_limits<A>::infinity();
+      running_max[r] = -std::numeric_limits<L>::infinity();
       running_sum[r] = A(0);
     }
     // The scale is folded into the queries: logit = <scale * q_u, aux_w>.
@@ -54,19 +62,20 @@ void exchange_forward(const S* query, const S* aux, S* out, double* lse, std::in
       const int nv = static_cast<int>(std::min<std::int64_t>(kTileCols, n_aux - v0));
       load_rows(aux_rows.data(), kTileCols, aux_b + v0 * channels, nv, channels, padded, A(1));
       load_transposed(aux_t.data(), aux_b + v0 * channels, nv, channels, A(1));
-      tile_logits(q_tile.data(), padded, aux_t.data(), channels, rows, logits.data());
+      logit_tile<S>(q_tile.data(), padded, aux_t.data(), channels, rows, logits.data());
 
       for (int r = 0; r < nu; ++r) {
-        A* row = logits.data() + r * kTileCols;
-        for (int k = nv; k < kTileCols; ++k) row[k] = -std::numeric_limits<A>::infinity();
-        const A tile_max = row_max(row);
-        const A new_max = tile_max > running_max[r] ? tile_max : running_max[r];
-        const A rescale = fast_exp(running_max[r] - new_max);
+        L* row = logits.data() + r * kTileCols;
+        A* p_row = prob.data() + r * kTileCols;
+        for (int k = nv; k < kTileCols; ++k) row[k] = -std::numeric_limits<L>::infinity();
+        const L tile_max = row_max(row);
+        const L new_max = tile_max > running_max[r] ? tile_max : running_max[r];
+        const A rescale = fast_exp(static_cast<A>(running_max[r] - new_max));
         A lanes[kLanes] = {};
         for (int k0 = 0; k0 < kTileCols; k0 += kLanes)
           for (int l = 0; l < kLanes; ++l) {
-            const A p = fast_exp(row[k0 + l] - new_max);
-            row[k0 + l] = p;
+            const A p = fast_exp(static_cast<A>(row[k0 + l] - new_max));  // the difference is exact in L
+            p_row[k0 + l] = p;
             lanes[l] += p;
           }
         running_sum[r] = running_sum[r] * rescale + lane_total(lanes);
@@ -74,8 +83,8 @@ void exchange_forward(const S* query, const S* aux, S* out, double* lse, std::in
         A* acc_row = acc.data() + r * padded;
         for (std::int64_t c = 0; c < padded; ++c) acc_row[c] *= rescale;
       }
-      // acc += P @ aux_rows (P overwrote the logits; padded rows of P are 0 * finite = 0).
-      accumulate_rows(acc.data(), logits.data(), kTileCols, 1, rows, aux_rows.data(), nv, padded);
+      // acc += P @ aux_rows (rows past nu of P are stale but finite, and their output is never stored).
+      accumulate_rows(acc.data(), prob.data(), kTileCols, 1, rows, aux_rows.data(), nv, padded);
     }
 
     for (int r = 0; r < nu; ++r) {
@@ -83,7 +92,7 @@ void exchange_forward(const S* query, const S* aux, S* out, double* lse, std::in
       const A* acc_row = acc.data() + r * padded;
       S* out_row = out + (b * n_query + u0 + r) * channels;
       for (std::int64_t c = 0; c < channels; ++c) out_row[c] = storage_traits<S>::store(acc_row[c] * inv);
-      lse[b * n_query + u0 + r] = log_sum_exp(running_max[r], running_sum[r]);
+      lse[b * n_query + u0 + r] = log_sum_exp(static_cast<double>(running_max[r]), running_sum[r]);
     }
   }
 }
@@ -93,6 +102,7 @@ void exchange_backward(const S* grad_out, const S* query, const S* aux, const S*
                        S* grad_query, S* grad_aux, std::int64_t batch, std::int64_t n_query, std::int64_t n_aux,
                        std::int64_t channels, double scale, int num_threads = 0) {
   using A = compute_t<S>;
+  using L = logit_t<S>;
   const std::int64_t padded = padded_channels<A>(channels);
   const std::int64_t query_tiles = ceil_div(n_query, kTileRows);
   const std::int64_t aux_tiles = ceil_div(n_aux, kTileCols);
@@ -117,7 +127,10 @@ void exchange_backward(const S* grad_out, const S* query, const S* aux, const S*
     std::vector<A> q_tile(kTileRows * padded), dout_tile(kTileRows * padded), grad_q(kTileRows * padded);
     std::vector<A> aux_rows(kTileCols * padded), aux_t(channels * kTileCols);
     std::vector<A> prob(kTileRows * kTileCols), dlogit(kTileRows * kTileCols);
-    A delta[kTileRows], lse_hi[kTileRows], lse_lo[kTileRows];
+    std::vector<L> logits(kTileRows * kTileCols), dp(kTileRows * kTileCols);
+    A delta[kTileRows];
+    L lse_hi[kTileRows], lse_lo[kTileRows];
+    A row_sum[kTileRows], row_excess[kTileRows], row_scale[kTileRows];
 
     for (std::int64_t tile = tile_begin; tile < tile_end; ++tile) {
       const std::int64_t u0 = tile * kTileRows;
@@ -133,27 +146,67 @@ void exchange_backward(const S* grad_out, const S* query, const S* aux, const S*
         const A* dout_row = dout_tile.data() + r * padded;
         for (std::int64_t c = 0; c < channels; ++c) d += dout_row[c] * storage_traits<S>::load(out_row[c]);
         delta[r] = d;
-        const split_lse<A> split(lse[row0 + r]);
+        const split_lse<L> split(lse[row0 + r]);
         lse_hi[r] = split.hi;
         lse_lo[r] = split.lo;
       }
 
+      // Pass 1, statistics of this backward's own probabilities: S_u = sum_w P_uw and
+      // e_u = sum_w P_uw (dP_uw - D~_u). The row term of the softmax Jacobian is D_u = sum_w p_uw dP_uw with
+      // p = P / S, i.e. D_u = D~_u + e_u / S_u. Each term of e_u is a small difference of nearly equal numbers,
+      // exact where it matters (Sterbenz), so D_u is as consistent with dP as the dense computation's own
+      // sum_w p dP, which is what makes dP - D cancel exactly for a peaked (one-hot) row.
+      for (int r = 0; r < nu; ++r) {
+        row_sum[r] = A(0);
+        row_excess[r] = A(0);
+      }
+      for (std::int64_t v0 = 0; v0 < n_aux; v0 += kTileCols) {
+        const int nv = static_cast<int>(std::min<std::int64_t>(kTileCols, n_aux - v0));
+        load_transposed(aux_t.data(), aux_b + v0 * channels, nv, channels, A(1));
+        logit_tile<S>(q_tile.data(), padded, aux_t.data(), channels, rows, logits.data());
+        logit_tile<S>(dout_tile.data(), padded, aux_t.data(), channels, rows, dp.data());
+        for (int r = 0; r < nu; ++r) {
+          const L* l_row = logits.data() + r * kTileCols;
+          const L* d_row = dp.data() + r * kTileCols;
+          const L hi = lse_hi[r], lo = lse_lo[r];
+          const A row_delta = delta[r];
+          A sum_lanes[kLanes] = {}, excess_lanes[kLanes] = {};
+          for (int k0 = 0; k0 < kTileCols; k0 += kLanes)
+            for (int l = 0; l < kLanes; ++l) {
+              const int k = k0 + l;
+              const A p = k < nv ? fast_exp(static_cast<A>((l_row[k] - hi) - lo)) : A(0);
+              sum_lanes[l] += p;
+              excess_lanes[l] += p * static_cast<A>(d_row[k] - row_delta);
+            }
+          row_sum[r] += lane_total(sum_lanes);
+          row_excess[r] += lane_total(excess_lanes);
+        }
+      }
+      for (int r = 0; r < nu; ++r) {
+        row_scale[r] = A(1) / row_sum[r];
+        row_excess[r] *= row_scale[r];  // e_u / S_u = D_u - D~_u
+      }
+
+      // Pass 2: dlogit_uw = p_uw ((dP_uw - D~_u) - e_u / S_u), element by element.
       for (std::int64_t v0 = 0; v0 < n_aux; v0 += kTileCols) {
         const int nv = static_cast<int>(std::min<std::int64_t>(kTileCols, n_aux - v0));
         const int aux_rows_count = round_up(nv, kMicroRows);
         load_rows(aux_rows.data(), kTileCols, aux_b + v0 * channels, nv, channels, padded, A(1));
         load_transposed(aux_t.data(), aux_b + v0 * channels, nv, channels, A(1));
-        tile_logits(q_tile.data(), padded, aux_t.data(), channels, rows, prob.data());      // logits
-        tile_logits(dout_tile.data(), padded, aux_t.data(), channels, rows, dlogit.data());  // <dO_u, aux_w>
+        logit_tile<S>(q_tile.data(), padded, aux_t.data(), channels, rows, logits.data());
+        logit_tile<S>(dout_tile.data(), padded, aux_t.data(), channels, rows, dp.data());  // <dO_u, aux_w>
         for (int r = 0; r < nu; ++r) {
+          const L* l_row = logits.data() + r * kTileCols;
+          const L* dp_row = dp.data() + r * kTileCols;
           A* p_row = prob.data() + r * kTileCols;
           A* d_row = dlogit.data() + r * kTileCols;
           // row constants in locals: the vectoriser cannot prove the row stores leave them alone
-          const A hi = lse_hi[r], lo = lse_lo[r], row_delta = delta[r];
+          const L hi = lse_hi[r], lo = lse_lo[r];
+          const A row_delta = delta[r], excess = row_excess[r], normaliser = row_scale[r];
           for (int k = 0; k < kTileCols; ++k) {
-            const A p = k < nv ? fast_exp((p_row[k] - hi) - lo) : A(0);
+            const A p = k < nv ? fast_exp(static_cast<A>((l_row[k] - hi) - lo)) * normaliser : A(0);
             p_row[k] = p;
-            d_row[k] = p * (d_row[k] - row_delta);
+            d_row[k] = p * (static_cast<A>(dp_row[k] - row_delta) - excess);
           }
         }
         // grad_q += dlogit @ aux;  grad_aux += dlogit^T @ (scale q) + P^T @ dO

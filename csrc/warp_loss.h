@@ -7,7 +7,10 @@
 // coordinates in registers, never stored.
 //
 // Backward, with g_u = grad_rows_u and d_uv the distance term:
-//   dlogit_uv = p_uv (d_uv - rows_u) g_u
+//   dlogit_uv = p_uv (d_uv - L_u) g_u,  L_u = sum_v p_uv d_uv
+// with p = P / S_u this backward's own normalised probabilities and L_u = L~_u + sum_v P_uv (d_uv - L~_u) / S_u
+// (L~_u: the forward's rows), from a statistics pass per source tile; dlogit is then formed element by element
+// as p ((d - L~) - (L - L~)), which cancels exactly where p is peaked, as the dense computation does.
 //   grad_src_u = scale * sum_v dlogit_uv tgt_v,   grad_tgt_v = scale * sum_u dlogit_uv src_u
 // One pass over all (u, v) pairs, tasks = (batch, fixed chunk of source tiles), grad_tgt summed
 // over chunks in chunk order (see exchange.h: deterministic, no atomics).
@@ -46,6 +49,7 @@ void warp_loss_forward_impl(const S* src, const S* tgt, const compute_t<S>* src_
                             compute_t<S>* rows_out, double* lse, std::int64_t batch, std::int64_t n_src,
                             std::int64_t n_tgt, std::int64_t channels, double pow, double scale, int num_threads) {
   using A = compute_t<S>;
+  using L = logit_t<S>;
   const std::int64_t padded = padded_channels<A>(channels);
   const std::int64_t src_tiles = ceil_div(n_src, kTileRows);
   const std::int64_t tasks = batch * src_tiles;
@@ -62,11 +66,13 @@ void warp_loss_forward_impl(const S* src, const S* tgt, const compute_t<S>* src_
     const S* tgt_b = tgt + b * n_tgt * channels;
     const A* tgt_xy_b = tgt_xy + b * n_tgt * 2;
 
-    std::vector<A> src_tile(kTileRows * padded), tgt_t(channels * kTileCols), logits(kTileRows * kTileCols);
-    A running_max[kTileRows], running_sum[kTileRows], running_dist[kTileRows];
+    std::vector<A> src_tile(kTileRows * padded), tgt_t(channels * kTileCols);
+    std::vector<L> logits(kTileRows * kTileCols);
+    L running_max[kTileRows];
+    A running_sum[kTileRows], running_dist[kTileRows];
     A tx[kTileCols], ty[kTileCols], dist[kTileCols];
     for (int r = 0; r < kTileRows; ++r) {
-      running_max[r] = -std::numeric_limits<A>::infinity();
+      running_max[r] = -std::numeric_limits<L>::infinity();
       running_sum[r] = A(0);
       running_dist[r] = A(0);
     }
@@ -76,19 +82,19 @@ void warp_loss_forward_impl(const S* src, const S* tgt, const compute_t<S>* src_
       const int nv = static_cast<int>(std::min<std::int64_t>(kTileCols, n_tgt - v0));
       load_transposed(tgt_t.data(), tgt_b + v0 * channels, nv, channels, A(1));
       load_coordinates(tgt_xy_b + 2 * v0, nv, tx, ty);
-      tile_logits(src_tile.data(), padded, tgt_t.data(), channels, rows, logits.data());
+      logit_tile<S>(src_tile.data(), padded, tgt_t.data(), channels, rows, logits.data());
 
       for (int r = 0; r < nu; ++r) {
-        A* row = logits.data() + r * kTileCols;
-        for (int k = nv; k < kTileCols; ++k) row[k] = -std::numeric_limits<A>::infinity();
+        L* row = logits.data() + r * kTileCols;
+        for (int k = nv; k < kTileCols; ++k) row[k] = -std::numeric_limits<L>::infinity();
         distance_row<mode>(src_xy[2 * (row0 + r)], src_xy[2 * (row0 + r) + 1], tx, ty, half_pow, dist);
-        const A tile_max = row_max(row);
-        const A new_max = tile_max > running_max[r] ? tile_max : running_max[r];
-        const A rescale = fast_exp(running_max[r] - new_max);
+        const L tile_max = row_max(row);
+        const L new_max = tile_max > running_max[r] ? tile_max : running_max[r];
+        const A rescale = fast_exp(static_cast<A>(running_max[r] - new_max));
         A sum_lanes[kLanes] = {}, dist_lanes[kLanes] = {};
         for (int k0 = 0; k0 < kTileCols; k0 += kLanes)
           for (int l = 0; l < kLanes; ++l) {
-            const A p = fast_exp(row[k0 + l] - new_max);
+            const A p = fast_exp(static_cast<A>(row[k0 + l] - new_max));  // the difference is exact in L
             sum_lanes[l] += p;
             dist_lanes[l] += p * dist[k0 + l];
           }
@@ -99,7 +105,7 @@ void warp_loss_forward_impl(const S* src, const S* tgt, const compute_t<S>* src_
     }
     for (int r = 0; r < nu; ++r) {
       rows_out[row0 + r] = running_dist[r] / running_sum[r];
-      lse[row0 + r] = log_sum_exp(running_max[r], running_sum[r]);
+      lse[row0 + r] = log_sum_exp(static_cast<double>(running_max[r]), running_sum[r]);
     }
   }
 }
@@ -110,6 +116,7 @@ void warp_loss_backward_impl(const compute_t<S>* grad_rows, const S* src, const 
                              S* grad_src, S* grad_tgt, std::int64_t batch, std::int64_t n_src, std::int64_t n_tgt,
                              std::int64_t channels, double pow, double scale, int num_threads) {
   using A = compute_t<S>;
+  using L = logit_t<S>;
   const std::int64_t padded = padded_channels<A>(channels);
   const std::int64_t src_tiles = ceil_div(n_src, kTileRows);
   const std::int64_t tgt_tiles = ceil_div(n_tgt, kTileCols);
@@ -134,7 +141,10 @@ void warp_loss_backward_impl(const compute_t<S>* grad_rows, const S* src, const 
 
     std::vector<A> src_tile(kTileRows * padded), grad_s(kTileRows * padded);
     std::vector<A> tgt_rows(kTileCols * padded), tgt_t(channels * kTileCols), dlogit(kTileRows * kTileCols);
-    A lse_hi[kTileRows], lse_lo[kTileRows], row_value[kTileRows], row_grad[kTileRows];
+    std::vector<L> logits(kTileRows * kTileCols);
+    L lse_hi[kTileRows], lse_lo[kTileRows];
+    A row_value[kTileRows], row_grad[kTileRows];
+    A row_sum[kTileRows], row_excess[kTileRows], row_scale[kTileRows];
     A tx[kTileCols], ty[kTileCols], dist[kTileCols];
 
     for (std::int64_t tile = tile_begin; tile < tile_end; ++tile) {
@@ -145,28 +155,66 @@ void warp_loss_backward_impl(const compute_t<S>* grad_rows, const S* src, const 
       load_rows(src_tile.data(), kTileRows, src + row0 * channels, nu, channels, padded, scale_a);
       std::fill(grad_s.begin(), grad_s.end(), A(0));
       for (int r = 0; r < nu; ++r) {
-        const split_lse<A> split(lse[row0 + r]);
+        const split_lse<L> split(lse[row0 + r]);
         lse_hi[r] = split.hi;
         lse_lo[r] = split.lo;
         row_value[r] = rows_in[row0 + r];
         row_grad[r] = grad_rows[row0 + r];
       }
 
+      // Pass 1: S_u = sum_v P_uv and e_u = sum_v P_uv (d_uv - L~_u) for this backward's own P = exp(logit -
+      // lse), L~_u = the forward's rows. L_u = L~_u + e_u / S_u is then the expected distance under p = P / S
+      // exactly as the dense computation forms it, so d - L cancels where p is peaked.
+      for (int r = 0; r < nu; ++r) {
+        row_sum[r] = A(0);
+        row_excess[r] = A(0);
+      }
+      for (std::int64_t v0 = 0; v0 < n_tgt; v0 += kTileCols) {
+        const int nv = static_cast<int>(std::min<std::int64_t>(kTileCols, n_tgt - v0));
+        load_transposed(tgt_t.data(), tgt_b + v0 * channels, nv, channels, A(1));
+        load_coordinates(tgt_xy_b + 2 * v0, nv, tx, ty);
+        logit_tile<S>(src_tile.data(), padded, tgt_t.data(), channels, rows, logits.data());
+        for (int r = 0; r < nu; ++r) {
+          const L* row = logits.data() + r * kTileCols;
+          distance_row<mode>(src_xy[2 * (row0 + r)], src_xy[2 * (row0 + r) + 1], tx, ty, half_pow, dist);
+          const L hi = lse_hi[r], lo = lse_lo[r];
+          const A value = row_value[r];
+          A sum_lanes[kLanes] = {}, excess_lanes[kLanes] = {};
+          for (int k0 = 0; k0 < kTileCols; k0 += kLanes)
+            for (int l = 0; l < kLanes; ++l) {
+              const int k = k0 + l;
+              const A p = k < nv ? fast_exp(static_cast<A>((row[k] - hi) - lo)) : A(0);
+              sum_lanes[l] += p;
+              excess_lanes[l] += p * (dist[k] - value);
+            }
+          row_sum[r] += lane_total(sum_lanes);
+          row_excess[r] += lane_total(excess_lanes);
+        }
+      }
+      for (int r = 0; r < nu; ++r) {
+        row_scale[r] = A(1) / row_sum[r];
+        row_excess[r] *= row_scale[r];  // e_u / S_u = L_u - L~_u
+      }
+
+      // Pass 2: dlogit_uv = g_u p_uv ((d_uv - L~_u) - e_u / S_u), element by element.
       for (std::int64_t v0 = 0; v0 < n_tgt; v0 += kTileCols) {
         const int nv = static_cast<int>(std::min<std::int64_t>(kTileCols, n_tgt - v0));
         const int tgt_rows_count = round_up(nv, kMicroRows);
         load_rows(tgt_rows.data(), kTileCols, tgt_b + v0 * channels, nv, channels, padded, A(1));
         load_transposed(tgt_t.data(), tgt_b + v0 * channels, nv, channels, A(1));
         load_coordinates(tgt_xy_b + 2 * v0, nv, tx, ty);
-        tile_logits(src_tile.data(), padded, tgt_t.data(), channels, rows, dlogit.data());
+        logit_tile<S>(src_tile.data(), padded, tgt_t.data(), channels, rows, logits.data());
         for (int r = 0; r < nu; ++r) {
+          const L* l_row = logits.data() + r * kTileCols;
           A* row = dlogit.data() + r * kTileCols;
           distance_row<mode>(src_xy[2 * (row0 + r)], src_xy[2 * (row0 + r) + 1], tx, ty, half_pow, dist);
           // row constants in locals: the vectoriser cannot prove the row stores leave them alone
-          const A hi = lse_hi[r], lo = lse_lo[r], value = row_value[r], grad = row_grad[r];
+          const L hi = lse_hi[r], lo = lse_lo[r];
+          const A value = row_value[r], excess = row_excess[r];
+          const A grad = row_grad[r] * row_scale[r];
           for (int k = 0; k < kTileCols; ++k) {
-            const A p = k < nv ? fast_exp((row[k] - hi) - lo) : A(0);
-            row[k] = p * (dist[k] - value) * grad;
+            const A p = k < nv ? fast_exp(static_cast<A>((l_row[k] - hi) - lo)) : A(0);
+            row[k] = p * ((dist[k] - value) - excess) * grad;
           }
         }
         // grad_src += dlogit @ tgt;  grad_tgt += dlogit^T @ (scale src)

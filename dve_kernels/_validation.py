@@ -14,6 +14,8 @@ import torch
 
 BACKENDS = ("auto", "triton", "cpu", "reference")
 REDUCTIONS = ("mean", "sum", "none")
+#: The most channels the Triton kernels are compiled and checked for (dve_kernels.ops._launch.CHANNEL_PADS).
+TRITON_MAX_CHANNELS = 256
 
 
 def _describe(t: torch.Tensor) -> str:
@@ -72,6 +74,14 @@ def check_choice(name: str, value, choices) -> str:
     return value
 
 
+def check_channels(name: str, t: torch.Tensor, backend: str) -> None:
+    """C <= 256 where the Triton kernels would run (every channel pad they can pick is compiled and checked)."""
+    triton = backend == "triton" or (backend == "auto" and t.device.type == "cuda")
+    if triton and t.shape[-1] > TRITON_MAX_CHANNELS:
+        raise ValueError(f"{name}: the Triton kernels support C <= {TRITON_MAX_CHANNELS} channels, got C = "
+                         f"{t.shape[-1]} (shape {tuple(t.shape)}); use backend='cpu' (CPU tensors) or 'reference'")
+
+
 def check_exchange(query, aux, scale, backend) -> float:
     check_tensor("query", query, 3, "(B, N, C)")
     check_tensor("aux", aux, 3, "(B, M, C)")
@@ -80,6 +90,7 @@ def check_exchange(query, aux, scale, backend) -> float:
     check_dim("aux", aux, 0, query.shape[0], "batch size B (from query)", "(B, M, C)")
     check_dim("aux", aux, 2, query.shape[2], "channels C (from query)", "(B, M, C)")
     check_choice("backend", backend, BACKENDS)
+    check_channels("query", query, backend)
     return check_real("scale", scale)
 
 
@@ -107,6 +118,7 @@ def check_warp_loss(src, tgt, src_xy, tgt_xy, pow, scale, reduction, backend):
     check_dim("tgt_xy", tgt_xy, -1, 2, "2 coordinates (x, y)", layout)
     check_choice("reduction", reduction, REDUCTIONS)
     check_choice("backend", backend, BACKENDS)
+    check_channels("src", src, backend)
     return check_real("pow", pow, positive=True), check_real("scale", scale)
 
 

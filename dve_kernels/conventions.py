@@ -76,8 +76,15 @@ def flatten_maps(maps: torch.Tensor) -> torch.Tensor:
 
 
 def normalize_embeddings(x: torch.Tensor) -> torch.Tensor:
-    """L2-normalise over the last (channel) axis and multiply by 20, as ``F.normalize(f, dim=0) * 20``."""
-    return F.normalize(x, p=2, dim=-1) * NORMALIZED_NORM
+    """L2-normalise over the last (channel) axis and multiply by 20, as ``F.normalize(f, dim=0) * 20``.
+
+    Computed in float64 for float32 embeddings (float32 for 16-bit ones) and rounded once. Normalising in float32
+    leaves each vector's norm off by ~1e-7, which scales every logit of its row (~400) by as much: with a peaked
+    softmax that moved the DVE gradient by ~3e-5 of its max-norm, eight times the whole dense float32
+    computation's error on some inputs, even when everything after it was exact. O(B·N·C) extra work.
+    """
+    wide = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else torch.float64
+    return (F.normalize(x.to(wide), p=2, dim=-1) * NORMALIZED_NORM).to(x.dtype)
 
 
 def auxiliary_indices(batch: int, num_aux: int, device=None) -> torch.Tensor:

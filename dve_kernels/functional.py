@@ -1,115 +1,108 @@
 """Public functions: validation, backend choice, and the shapes of every tensor.
 
-The backends meet here through one seam. A fused backend is a module with two differentiable functions:
-
-- ``exchange(query, aux, scale) -> (B, N, C)``
-- ``warp_loss_rows(src, tgt, src_xy, tgt_xy, pow, scale) -> (B, N)`` expected distances
-
-that receive validated, contiguous tensors on one device (features of one dtype; coordinates ``(B, ., 2)`` in
-float64 for float64 features and float32 otherwise). ``"triton"`` is :mod:`dve_kernels.ops`, ``"cpu"`` is
-:mod:`dve_kernels._cpu` (the compiled C++ kernels), ``"reference"`` is :mod:`dve_kernels.reference`.
+Every fused backend is the same four ``torch.library`` ops (:mod:`dve_kernels._library`): ``"cpu"`` runs them with
+the compiled C++ kernels, ``"triton"`` with the Triton kernels (CUDA tensors; CPU tensors under Triton's
+interpreter), and ``"reference"`` is the dense path of :mod:`dve_kernels.reference`. The path from the public
+functions down to the ops is plain tensor code, so ``torch.compile(fullgraph=True)`` traces it.
 """
 
 from __future__ import annotations
 
-import functools
-import importlib
 import os
 import sys
 import warnings
 
 import torch
 
+from . import _library
 from . import _validation as v
 from . import reference
 from .conventions import coordinate_dtype
 
-BUILD_HINT = "build it with `pip install --no-build-isolation -e .` from the repository root (needs a C++ compiler)"
+BUILD_HINT = _library.BUILD_HINT
+_FUSED, _INTERPRETED, _DENSE = "fused", "interpreted", "dense"
 
 
 class BackendUnavailableError(RuntimeError):
     """The backend that was asked for cannot run here; the message says why and what to do."""
 
 
-class _ReferenceBackend:
-    """The dense path behind the same seam as the fused backends."""
-
-    @staticmethod
-    def exchange(query, aux, scale):
-        logits = scale * torch.bmm(query, aux.transpose(1, 2))
-        return torch.bmm(torch.softmax(logits, dim=-1), aux)
-
-    warp_loss_rows = staticmethod(reference.warp_loss_rows)
-
-
 def _triton_interpreter_on() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
-@functools.lru_cache(maxsize=None)
-def _load_triton():
+def cpu_extension_available() -> bool:
+    """Whether the compiled C++ kernels (``backend="cpu"``) can run here."""
+    return _library.CPU_KERNELS
+
+
+_fallback_warned = []
+
+
+def _warn_fallback() -> None:
+    if not _fallback_warned:
+        _fallback_warned.append(True)
+        warnings.warn(f"backend='auto' falls back to the dense 'reference' path: {_library.CPU_KERNELS_ERROR}. It "
+                      f"materialises N x M matrices; {BUILD_HINT}.", RuntimeWarning, stacklevel=4)
+
+
+def _load_triton() -> None:
     try:
-        ops = importlib.import_module("dve_kernels.ops")
+        _library.triton_launchers()
     except ImportError as error:  # triton missing, or a kernel module failed to import
         raise BackendUnavailableError(
             f"backend='triton' needs Triton ({error}); install it with `pip install triton`"
         ) from error
-    return ops
 
 
-@functools.lru_cache(maxsize=None)
-def _load_cpu():
-    try:
-        _cpu = importlib.import_module("dve_kernels._cpu")
-    except ImportError as error:
-        raise BackendUnavailableError(
-            f"backend='cpu' needs the compiled C++ extension dve_kernels._C, which is not built ({error}); "
-            + BUILD_HINT
-        ) from error
-    return _cpu
-
-
-def cpu_extension_available() -> bool:
-    """Whether the compiled C++ kernels (``backend="cpu"``) can run here."""
-    try:
-        _load_cpu()
-    except BackendUnavailableError:
-        return False
-    return True
-
-
-@functools.lru_cache(maxsize=None)
-def _warn_fallback(reason: str) -> None:
-    warnings.warn(f"backend='auto' falls back to the dense 'reference' path: {reason}. It materialises N x M "
-                  f"matrices; {BUILD_HINT}.", RuntimeWarning, stacklevel=4)
-
-
-def resolve_backend(backend: str, device: torch.device):
-    """The backend module for ``backend`` on ``device``, or a :class:`BackendUnavailableError` saying why."""
+def resolve_backend(backend: str, device: torch.device) -> str:
+    """How ``backend`` runs on ``device``: ``"fused"`` (the ops' own kernel for the device), ``"interpreted"``
+    (the Triton kernels in Triton's interpreter) or ``"dense"``; a :class:`BackendUnavailableError` says why not."""
+    if backend == "reference":
+        return _DENSE
     if backend == "auto":
         if device.type == "cuda":
-            return _load_triton()
+            _load_triton()
+            return _FUSED
         if device.type == "cpu":
-            try:
-                return _load_cpu()
-            except BackendUnavailableError as error:
-                _warn_fallback(str(error).split(";")[0])
-                return _ReferenceBackend
-        return _ReferenceBackend
-    if backend == "reference":
-        return _ReferenceBackend
+            if _library.CPU_KERNELS:
+                return _FUSED
+            _warn_fallback()
+        return _DENSE
     if backend == "triton":
-        if device.type != "cuda" and not (device.type == "cpu" and _triton_interpreter_on()):
+        if device.type == "cuda":
+            _load_triton()
+            return _FUSED
+        if not (device.type == "cpu" and _triton_interpreter_on()):
             raise BackendUnavailableError(
                 f"backend='triton' runs CUDA tensors, got tensors on {device}; CPU tensors run only under the Triton "
                 f"interpreter (set TRITON_INTERPRET=1 before triton is imported)"
             )
-        if device.type == "cpu" and "triton" in sys.modules and not _triton_interpreter_on():
+        if "triton" in sys.modules and not _interpreter_active():
             raise BackendUnavailableError("TRITON_INTERPRET=1 must be set before triton is imported")
-        return _load_triton()
+        _load_triton()
+        return _INTERPRETED
     if device.type != "cpu":
         raise BackendUnavailableError(f"backend='cpu' runs CPU tensors, got tensors on {device}")
-    return _load_cpu()
+    if not _library.CPU_KERNELS:
+        raise BackendUnavailableError(f"backend='cpu' needs the compiled C++ kernels: {_library.CPU_KERNELS_ERROR}; "
+                                      + BUILD_HINT)
+    return _FUSED
+
+
+def _interpreter_active() -> bool:
+    """Whether the imported triton runs kernels in its interpreter (TRITON_INTERPRET was set before its import)."""
+    try:
+        from triton.runtime.interpreter import InterpretedFunction  # noqa: PLC0415
+        from .ops._tiles import _join_scalar  # noqa: PLC0415
+    except ImportError:
+        return False
+    return isinstance(_join_scalar, InterpretedFunction)
+
+
+def _dense_exchange(query, aux, scale):
+    logits = scale * torch.bmm(query, aux.transpose(1, 2))
+    return torch.bmm(torch.softmax(logits, dim=-1), aux)
 
 
 def _batched_coordinates(xy: torch.Tensor, batch: int, dtype: torch.dtype) -> torch.Tensor:
@@ -134,8 +127,13 @@ def exchange(query: torch.Tensor, aux: torch.Tensor, *, scale: float = 1.0, back
         ``(B, N, C)``, the reconstruction, in the dtype of ``query``. Differentiable in ``query`` and ``aux``.
     """
     scale = v.check_exchange(query, aux, scale, backend)
-    impl = resolve_backend(backend, query.device)
-    return impl.exchange(query.contiguous(), aux.contiguous(), scale)
+    how = resolve_backend(backend, query.device)
+    if how == _DENSE:
+        return _dense_exchange(query, aux, scale)
+    if how == _INTERPRETED:
+        with _library.interpreting():
+            return _library.ops.exchange_fwd(query, aux, scale)[0]
+    return _library.ops.exchange_fwd(query, aux, scale)[0]
 
 
 def warp_loss(src: torch.Tensor, tgt: torch.Tensor, src_xy: torch.Tensor, tgt_xy: torch.Tensor, *,
@@ -159,8 +157,15 @@ def warp_loss(src: torch.Tensor, tgt: torch.Tensor, src_xy: torch.Tensor, tgt_xy
         A scalar for ``"mean"``/``"sum"``, ``(B, N)`` for ``"none"``; float32 (float64 for float64 inputs).
     """
     pow, scale = v.check_warp_loss(src, tgt, src_xy, tgt_xy, pow, scale, reduction, backend)
-    impl = resolve_backend(backend, src.device)
+    how = resolve_backend(backend, src.device)
     batch = src.shape[0]
-    rows = impl.warp_loss_rows(src.contiguous(), tgt.contiguous(), _batched_coordinates(src_xy, batch, src.dtype),
-                               _batched_coordinates(tgt_xy, batch, src.dtype), pow, scale)
+    src_xy = _batched_coordinates(src_xy, batch, src.dtype)
+    tgt_xy = _batched_coordinates(tgt_xy, batch, src.dtype)
+    if how == _DENSE:
+        rows = reference.warp_loss_rows(src, tgt, src_xy, tgt_xy, pow, scale)
+    elif how == _INTERPRETED:
+        with _library.interpreting():
+            rows = _library.ops.warp_loss_fwd(src, tgt, src_xy, tgt_xy, pow, scale)[0]
+    else:
+        rows = _library.ops.warp_loss_fwd(src, tgt, src_xy, tgt_xy, pow, scale)[0]
     return reference.reduce_rows(rows, reduction)

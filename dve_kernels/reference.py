@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from . import _validation as v
-from .conventions import gather_auxiliary, prepare_pairs
+from .conventions import coordinate_dtype, gather_auxiliary, prepare_pairs
 
 
 def _check_backend(backend) -> None:
@@ -46,11 +46,15 @@ def pairwise_distances(src_xy: torch.Tensor, tgt_xy: torch.Tensor, pow: float) -
 
 
 def warp_loss_rows(src, tgt, src_xy, tgt_xy, pow: float, scale: float) -> torch.Tensor:
-    """``L_u = sum_v p(v|u) ||g(u) - v||^pow`` for every source pixel: ``(B, N)``. Inputs are not validated."""
+    """``L_u = sum_v p(v|u) ||g(u) - v||^pow`` for every source pixel: ``(B, N)``, float32 (float64 for float64
+    features) like every backend. Inputs are not validated."""
     logits = scale * torch.bmm(src, tgt.transpose(1, 2))  # (B, N, M)
     probabilities = torch.softmax(logits, dim=-1)
-    distances = pairwise_distances(src_xy, tgt_xy, pow).to(probabilities.dtype)
-    return (probabilities * distances).sum(-1)
+    # Distances and the expectation in float32 at least (float64 for float64 features), as every fused backend
+    # returns them: a 16-bit distance overflows (pow = 2 beyond 256 px in float16).
+    side = coordinate_dtype(src.dtype)
+    distances = pairwise_distances(src_xy.to(side), tgt_xy.to(side), pow)
+    return (probabilities.to(side) * distances).sum(-1)
 
 
 def reduce_rows(rows: torch.Tensor, reduction: str) -> torch.Tensor:

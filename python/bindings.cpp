@@ -1,15 +1,16 @@
 // dve_kernels._C: the CPU implementations of the dve_kernels custom ops.
 //
-// Schemas (shared with the Triton ops, which use the suffix _triton instead of _cpu):
-//   exchange_fwd_cpu(query, aux, scale) -> (out, lse)
-//   exchange_bwd_cpu(grad_out, query, aux, out, lse, scale) -> (grad_query, grad_aux)
-//   warp_loss_fwd_cpu(src, tgt, src_xy, tgt_xy, pow, scale) -> (rows, lse)
-//   warp_loss_bwd_cpu(grad_rows, src, tgt, src_xy, tgt_xy, rows, lse, pow, scale) -> (grad_src, grad_tgt)
+// The CPU implementations of the four ops whose schemas dve_kernels/_library.py defines (the Triton launchers
+// are their CUDA implementations):
+//   exchange_fwd(query, aux, scale) -> (out, lse)
+//   exchange_bwd(grad_out, query, aux, out, lse, scale) -> (grad_query, grad_aux)
+//   warp_loss_fwd(src, tgt, src_xy, tgt_xy, pow, scale) -> (rows, lse)
+//   warp_loss_bwd(grad_rows, src, tgt, src_xy, tgt_xy, rows, lse, pow, scale) -> (grad_src, grad_tgt)
 // Features (B, N, C) / (B, M, C) are float32, float64, bfloat16 or float16; coordinates (B, ., 2), rows
 // and grad_rows are float64 for float64 features and float32 otherwise. lse (B, N) is float64 for every
 // dtype: a float32 lse of logits ~400 is only 3e-5 exact, and that error would scale every probability
-// of its row in the backward (csrc/common.h, split_lse); saving 4 more bytes per row avoids it. The fake (meta) kernels
-// and the autograd formulas are registered from Python, in dve_kernels/_cpu.py.
+// of its row in the backward (csrc/common.h, split_lse); saving 4 more bytes per row avoids it. The schemas, fake
+// (meta) kernels and autograd formulas are registered from Python, in dve_kernels/_library.py.
 //
 // This file checks the tensors (TORCH_CHECK: the public API validated them already, so a failure here
 // is a bug in a caller), allocates the outputs and calls the kernel table of the best instruction
@@ -18,7 +19,6 @@
 
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
-#include <ATen/ops/empty_like.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
@@ -136,7 +136,7 @@ std::tuple<at::Tensor, at::Tensor> exchange_fwd_cpu(const at::Tensor& query_in, 
   check_pair(query_in, aux_in, "query", "aux");
   const at::Tensor query = query_in.contiguous(), aux = aux_in.contiguous();
   const int64_t batch = query.size(0), n = query.size(1), m = aux.size(1), channels = query.size(2);
-  at::Tensor out = at::empty_like(query);
+  at::Tensor out = at::empty(query.sizes(), query.options());  // packed, whatever the input strides
   at::Tensor lse = at::empty({batch, n}, query.options().dtype(at::kDouble));
   if (out.numel() > 0 || (batch > 0 && n > 0 && channels == 0)) {
     if (channels == 0) {
@@ -159,8 +159,8 @@ std::tuple<at::Tensor, at::Tensor> exchange_bwd_cpu(const at::Tensor& grad_out_i
   const at::Tensor grad_out = grad_out_in.contiguous(), query = query_in.contiguous(), aux = aux_in.contiguous(),
                    out = out_in.contiguous(), lse = lse_in.contiguous();
   const int64_t batch = query.size(0), n = query.size(1), m = aux.size(1), channels = query.size(2);
-  at::Tensor grad_query = at::empty_like(query);
-  at::Tensor grad_aux = at::empty_like(aux);
+  at::Tensor grad_query = at::empty(query.sizes(), query.options());  // packed, whatever the input strides
+  at::Tensor grad_aux = at::empty(aux.sizes(), aux.options());  // packed, whatever the input strides
   if (n == 0 || batch == 0 || channels == 0) {
     grad_query.zero_();
     grad_aux.zero_();
@@ -213,8 +213,8 @@ std::tuple<at::Tensor, at::Tensor> warp_loss_bwd_cpu(const at::Tensor& grad_rows
                    src_xy = src_xy_in.contiguous(), tgt_xy = tgt_xy_in.contiguous(), rows = rows_in.contiguous(),
                    lse = lse_in.contiguous();
   const int64_t batch = src.size(0), n = src.size(1), m = tgt.size(1), channels = src.size(2);
-  at::Tensor grad_src = at::empty_like(src);
-  at::Tensor grad_tgt = at::empty_like(tgt);
+  at::Tensor grad_src = at::empty(src.sizes(), src.options());  // packed, whatever the input strides
+  at::Tensor grad_tgt = at::empty(tgt.sizes(), tgt.options());  // packed, whatever the input strides
   if (n == 0 || batch == 0 || channels == 0) {
     grad_src.zero_();
     grad_tgt.zero_();
@@ -230,26 +230,18 @@ std::tuple<at::Tensor, at::Tensor> warp_loss_bwd_cpu(const at::Tensor& grad_rows
 }  // namespace
 }  // namespace dve_bind
 
-TORCH_LIBRARY(dve_kernels, m) {
-  m.def("exchange_fwd_cpu(Tensor query, Tensor aux, float scale) -> (Tensor, Tensor)");
-  m.def("exchange_bwd_cpu(Tensor grad_out, Tensor query, Tensor aux, Tensor out, Tensor lse, float scale) "
-        "-> (Tensor, Tensor)");
-  m.def("warp_loss_fwd_cpu(Tensor src, Tensor tgt, Tensor src_xy, Tensor tgt_xy, float pow, float scale) "
-        "-> (Tensor, Tensor)");
-  m.def("warp_loss_bwd_cpu(Tensor grad_rows, Tensor src, Tensor tgt, Tensor src_xy, Tensor tgt_xy, Tensor rows, "
-        "Tensor lse, float pow, float scale) -> (Tensor, Tensor)");
-}
-
+// The schemas are defined once, in Python (dve_kernels/_library.py), for every backend; this file only
+// registers the CPU implementations.
 TORCH_LIBRARY_IMPL(dve_kernels, CPU, m) {
-  m.impl("exchange_fwd_cpu", &dve_bind::exchange_fwd_cpu);
-  m.impl("exchange_bwd_cpu", &dve_bind::exchange_bwd_cpu);
-  m.impl("warp_loss_fwd_cpu", &dve_bind::warp_loss_fwd_cpu);
-  m.impl("warp_loss_bwd_cpu", &dve_bind::warp_loss_bwd_cpu);
+  m.impl("exchange_fwd", &dve_bind::exchange_fwd_cpu);
+  m.impl("exchange_bwd", &dve_bind::exchange_bwd_cpu);
+  m.impl("warp_loss_fwd", &dve_bind::warp_loss_fwd_cpu);
+  m.impl("warp_loss_bwd", &dve_bind::warp_loss_bwd_cpu);
 }
 
 // A Python module with no functions: importing it runs the registrations above. It records which
 // instruction set the kernels use, or fails the import if DVE_KERNELS_ISA names one that cannot run.
-static PyModuleDef dve_module = {PyModuleDef_HEAD_INIT, "_C", "dve_kernels CPU kernels (registers torch.ops.dve_kernels.*_cpu)",
+static PyModuleDef dve_module = {PyModuleDef_HEAD_INIT, "_C", "dve_kernels CPU kernels (the CPU implementations of torch.ops.dve_kernels.*)",
                                  -1, nullptr};
 
 PyMODINIT_FUNC PyInit__C(void) {

@@ -88,4 +88,6 @@ def test_public_ops_match_reference(backend):
 
 def test_auto_picks_the_compiled_cpu_kernels_for_cpu_tensors():
     _skip_unavailable("cpu")
-    assert functional.resolve_backend("auto", torch.device("cpu")) is functional._load_cpu()
+    cpu = torch.device("cpu")
+    assert functional.resolve_backend("auto", cpu) == functional.resolve_backend("cpu", cpu) == "fused"
+    assert functional.resolve_backend("reference", cpu) == "dense"

@@ -1,16 +1,16 @@
-"""Fused Triton kernels for DVE, registered as ``torch.library`` custom ops.
+"""Fused Triton kernels for DVE: the CUDA implementations of the ``dve_kernels`` ops.
 
-The seam with :mod:`dve_kernels.functional`: :func:`exchange` and :func:`warp_loss_rows`, both
-differentiable; inputs arrive validated and contiguous. Ops (namespace ``dve_kernels``):
-``exchange_fwd_triton``, ``exchange_bwd_triton``, ``warp_loss_fwd_triton``, ``warp_loss_bwd_triton``.
-CPU tensors run only under ``TRITON_INTERPRET=1`` (set before ``triton`` is imported).
+The launchers (:func:`exchange_forward`, :func:`exchange_backward`, :func:`warp_loss_forward`,
+:func:`warp_loss_backward`) take and return tensors exactly as the op schemas of :mod:`dve_kernels._library`
+say; that module registers them as the ops' CUDA kernels, and routes CPU tensors to them under Triton's
+interpreter (``TRITON_INTERPRET=1``, set before ``triton`` is imported) for ``backend="triton"``.
 """
 
 import dataclasses
 
 from ._launch import LaunchConfig, Specialization, channel_pad, launch_config
-from .exchange import exchange, exchange_backward, exchange_forward, exchange_specializations
-from .warp_loss import warp_loss_backward, warp_loss_forward, warp_loss_rows, warp_loss_specializations
+from .exchange import exchange_backward, exchange_forward, exchange_specializations
+from .warp_loss import warp_loss_backward, warp_loss_forward, warp_loss_specializations
 
 
 def kernel_specializations() -> list:
@@ -29,6 +29,6 @@ def kernel_specializations() -> list:
 
 
 __all__ = [
-    "LaunchConfig", "Specialization", "channel_pad", "exchange", "exchange_backward", "exchange_forward",
-    "kernel_specializations", "launch_config", "warp_loss_backward", "warp_loss_forward", "warp_loss_rows",
+    "LaunchConfig", "Specialization", "channel_pad", "exchange_backward", "exchange_forward",
+    "kernel_specializations", "launch_config", "warp_loss_backward", "warp_loss_forward",
 ]

@@ -13,9 +13,12 @@ from dataclasses import dataclass, field
 import torch
 import triton
 
+from .._validation import TRITON_MAX_CHANNELS
+
 # Every launch pads the channel count to one of these (tl.dot needs K >= 16 and power-of-two blocks).
-CHANNEL_PADS = (16, 32, 64, 128, 256)
-MAX_CHANNELS = CHANNEL_PADS[-1]
+# Validation refuses more channels than the largest pad (one number, in dve_kernels/_validation.py).
+MAX_CHANNELS = TRITON_MAX_CHANNELS
+CHANNEL_PADS = tuple(16 << k for k in range(8) if 16 << k <= MAX_CHANNELS)  # (16, 32, 64, 128, 256)
 # Feature dtypes the kernels accept; float64 accumulates in float64, the others in float32.
 FEATURE_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 # Distance powers with their own code path (constexpr POW_MODE); anything else is POW_GENERAL.
@@ -185,6 +188,27 @@ def planar_coordinates(xy: torch.Tensor, dtype: torch.dtype, factor: float = 1.0
 
 def log2_scale(scale: float) -> float:
     return scale * LOG2_E
+
+
+def lse_to_natural(lse2: torch.Tensor) -> torch.Tensor:
+    """The kernels' base-2 log-sum-exp2 (float32, or float64) as the ops' saved statistic: natural log, float64.
+
+    Every backend saves this one convention (dve_kernels/_library.py). The float32 rounding of 16-bit kernels'
+    own value stays; it is a common factor of every probability of its row, which the backward kernels divide
+    out again by the recomputed row sum.
+    """
+    return lse2.to(torch.float64) * (1.0 / LOG2_E)
+
+
+def lse_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype of the kernels' own lse for features of ``dtype``: float64 for 32/64-bit data, whose logits
+    the FMA dots keep in float64 (see _tiles._dot_nt_fma); float32 for 16-bit data."""
+    return torch.float32 if dtype.itemsize == 2 else torch.float64
+
+
+def lse_from_natural(lse: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The inverse of :func:`lse_to_natural`, in :func:`lse_dtype` for features of ``dtype``."""
+    return (lse.to(torch.float64) * LOG2_E).to(lse_dtype(dtype)).contiguous()
 
 
 def make_specialization(name, kernel, arg_types: dict, constexprs: dict, config: LaunchConfig,

@@ -82,10 +82,13 @@ def _load_vector(base, offs, mask, MASKED: tl.constexpr):
 
 
 @triton.jit
-def _softmax_tile(logits, m_i, mask_m, scale_log2e, SCALED: tl.constexpr, MASK_M: tl.constexpr):
+def _softmax_tile(logits, m_i, mask_m, scale_log2e, SCALED: tl.constexpr, MASK_M: tl.constexpr,
+                  P_DTYPE: tl.constexpr = tl.float32):
     """One tile of an online softmax: the new running row max ``m_new`` and ``p = exp2(logit - m_new)``.
 
-    SCALED (32/64-bit data): ``logits`` already carry scale·log2(e) (see _dot_nt). Otherwise (16-bit data)
+    SCALED (32/64-bit data): ``logits`` already carry scale·log2(e) and are float64 (see _dot_nt), like the
+    running max; logit - m_new is formed in float64, exact to its own magnitude, before it becomes a P_DTYPE
+    argument of exp2 (one float32 ulp of a logit of ~600 would be 6e-5 of every p). Otherwise (16-bit data)
     they are the raw tensor-core dot products and ``scale_log2e >= 0`` (the kernels fold the scale's sign into
     their row tile, which is exact): the scaled row max is then the raw one times the scale, and exp2's
     argument is one FFMA per pair. MASK_M: columns masked off get p = 0 and do not enter the max.
@@ -94,7 +97,7 @@ def _softmax_tile(logits, m_i, mask_m, scale_log2e, SCALED: tl.constexpr, MASK_M
         if MASK_M:
             logits = tl.where(mask_m[None, :], logits, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(logits, 1))
-        p = tl.exp2(logits - m_new[:, None])  # masked columns: exp2(-inf) = 0
+        p = tl.exp2((logits - m_new[:, None]).to(P_DTYPE))  # masked columns: exp2(-inf) = 0
     elif MASK_M:
         m_new = tl.maximum(m_i, tl.max(tl.where(mask_m[None, :], logits, float("-inf")), 1) * scale_log2e)
         p = tl.where(mask_m[None, :], tl.exp2(logits * scale_log2e - m_new[:, None]), 0.0)
@@ -123,8 +126,15 @@ def _dot_nt_fma(A, a_rows, a_mask, B, b_rows, b_mask, C, scale_log2e, SCALE_A: t
     re-read from memory (L1/L2 hits: the caller has the same rows in flight). The scale goes into the A slice
     before the dot: each small product term is rounded instead of the large logit (|logit| up to ~1.4e4 in
     base 2, where one float32 rounding is ~1e-3; SPEC.md promises correct results at logits of 1e4).
+
+    The slices accumulate in float64 and the logits are returned in float64: every float32 x float32 product
+    is exact there. A float32 logit of ~400 is 3e-5 coarse even when correctly rounded, and the softmax of a
+    row with two close candidates made that the largest error of the whole result, several times that of a
+    dense sgemm on the rows where the latter is lucky; the callers subtract the row max or lse in float64
+    first (csrc/common.h, tile_logits_wide, does the same on the CPU). It costs float64 FMA throughput on the
+    float32 path only; OUT_DTYPE is unused there.
     """
-    out = tl.zeros([a_rows.shape[0], b_rows.shape[0]], OUT_DTYPE)
+    out = tl.zeros([a_rows.shape[0], b_rows.shape[0]], tl.float64)  # the logits stay float64 (see above)
     stride = C_PAD if EVEN_C else C
     # a runtime trip count even when EVEN_C: a compile-time one let the compiler unroll the slices and
     # spill on sm_80; C, not C_PAD: no slice of padding only
@@ -132,12 +142,12 @@ def _dot_nt_fma(A, a_rows, a_mask, B, b_rows, b_mask, C, scale_log2e, SCALE_A: t
         offs_k = k_start + tl.arange(0, K_CHUNK)
         mask_k = offs_k < stride
         a = tl.load(A + a_rows[:, None] * stride + offs_k[None, :], mask=a_mask[:, None] & mask_k[None, :],
-                    other=0.0)
+                    other=0.0).to(tl.float64)
         if SCALE_A:
-            a = a * scale_log2e
+            a = a * scale_log2e.to(tl.float64)
         b = tl.load(B + b_rows[:, None] * stride + offs_k[None, :], mask=b_mask[:, None] & mask_k[None, :],
-                    other=0.0)
-        out += tl.dot(a, tl.trans(b), input_precision="ieee", out_dtype=OUT_DTYPE)
+                    other=0.0).to(tl.float64)
+        out += tl.dot(a, tl.trans(b), input_precision="ieee", out_dtype=tl.float64)
     return out
 
 

@@ -24,6 +24,9 @@ from ._launch import (
     FEATURE_DTYPES,
     FP_FUSION,
     launch_config,
+    lse_dtype,
+    lse_from_natural,
+    lse_to_natural,
     log2_scale,
     make_specialization,
     split_scalar,
@@ -62,8 +65,9 @@ def _exchange_fwd_step(query, query_base, offs_n, mask_n, aux_base, start_m, M, 
         # ieee: float32 must not silently run in TF32 (SPEC.md section 4)
         logits = _dot_nt(query_base, offs_n, mask_n, query, aux_base, offs_m, mask_m, aux, C, scale_log2e,
                          True, C_PAD, K_CHUNK, acc_dtype, EVEN_C)
-    m_new, p = _softmax_tile(logits, m_i, mask_m, scale_log2e, query.dtype.primitive_bitwidth >= 32, MASK_M)
-    alpha = tl.exp2(m_i - m_new)  # rescales what was accumulated under the old max
+    m_new, p = _softmax_tile(logits, m_i, mask_m, scale_log2e, query.dtype.primitive_bitwidth >= 32, MASK_M,
+                             P_DTYPE=acc_dtype)
+    alpha = tl.exp2((m_i - m_new).to(acc_dtype))  # rescales what was accumulated under the old max
     l_i = l_i * alpha + tl.sum(p, 1)
     acc = acc * alpha[:, None] + tl.dot(p.to(aux.dtype), aux, input_precision="ieee", out_dtype=acc_dtype)
     return m_new, l_i, acc
@@ -92,7 +96,8 @@ def _exchange_fwd_kernel(
         scale_log2e = tl.abs(scale_log2e)
     aux_base = Aux + batch * M * stride_c
 
-    m_i = tl.full([BLOCK_N], float("-inf"), acc_dtype)  # running max of the base-2 logits
+    logit_dtype: tl.constexpr = tl.float32 if query.dtype.primitive_bitwidth < 32 else tl.float64
+    m_i = tl.full([BLOCK_N], float("-inf"), logit_dtype)  # running max of the base-2 logits
     l_i = tl.zeros([BLOCK_N], acc_dtype)  # running sum of exp2(logit - m_i)
     acc = tl.zeros([BLOCK_N, C_PAD], acc_dtype)  # running sum of exp2(logit - m_i) * aux_w
     full_m = _full_tiles_end(M, BLOCK_M, LOW_PRECISION=query.dtype.primitive_bitwidth < 32)
@@ -110,7 +115,7 @@ def _exchange_fwd_kernel(
 
 @triton.jit
 def _exchange_bwd_query_step(query, grad_out, query_base, grad_out_base, offs_n, mask_n, lse, aux_base, start_m, M,
-                             C, weighted_dp_aux, p_aux, delta, row_sum, scale_log2e,
+                             C, weighted_dp_aux, p_aux, excess, row_sum, delta_est, scale_log2e,
                              C_PAD: tl.constexpr, BLOCK_M: tl.constexpr, K_CHUNK: tl.constexpr,
                              IS_FP64: tl.constexpr, EVEN_C: tl.constexpr, MASK_M: tl.constexpr):
     acc_dtype: tl.constexpr = tl.float64 if IS_FP64 else tl.float32
@@ -119,37 +124,38 @@ def _exchange_bwd_query_step(query, grad_out, query_base, grad_out_base, offs_n,
     aux = _load_rows(aux_base, offs_m, mask_m, C, C_PAD, EVEN_C, MASK_M)
     logits = _dot_nt(query_base, offs_n, mask_n, query, aux_base, offs_m, mask_m, aux, C, scale_log2e,
                      True, C_PAD, K_CHUNK, acc_dtype, EVEN_C)
-    p = tl.exp2(logits - lse[:, None])
+    p = tl.exp2((logits - lse[:, None]).to(acc_dtype))  # 32/64-bit: logits and lse are float64
     if MASK_M:
         p = tl.where(mask_m[None, :], p, 0.0)
     dp = _dot_nt(grad_out_base, offs_n, mask_n, grad_out, aux_base, offs_m, mask_m, aux, C, scale_log2e,
                  False, C_PAD, K_CHUNK, acc_dtype, EVEN_C)
-    p_dp = p * dp
+    p_dp = p * (dp - delta_est[:, None]).to(acc_dtype)  # small where p is large, and exact there (Sterbenz)
     row_sum += tl.sum(p, 1)
-    delta += tl.sum(p_dp, 1)
+    excess += tl.sum(p_dp, 1)
     weighted_dp_aux += tl.dot(p_dp.to(aux.dtype), aux, input_precision="ieee", out_dtype=acc_dtype)
     p_aux += tl.dot(p.to(aux.dtype), aux, input_precision="ieee", out_dtype=acc_dtype)
-    return weighted_dp_aux, p_aux, delta, row_sum
+    return weighted_dp_aux, p_aux, excess, row_sum
 
 
 @triton.jit(do_not_specialize=["N", "M", "C"])
 def _exchange_bwd_query_kernel(
-    GradOut, Query, Aux, Lse, Stats, GradQuery,
+    GradOut, Query, Aux, Out, Lse, Stats, GradQuery,
     N, M, C,
     SCALE_HI, SCALE_LO, SCALE_LOG2E_HI, SCALE_LOG2E_LO,
     C_PAD: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, K_CHUNK: tl.constexpr,
     IS_FP64: tl.constexpr, EVEN_C: tl.constexpr,
 ):
-    """d query_u = scale · sum_w dS_uw aux_w, dS_uw = P_uw (dP_uw - D_u), dP_uw = <dO_u, aux_w>.
+    """d query_u = scale · sum_w dS_uw aux_w, dS_uw = p_uw (dP_uw - D_u), dP_uw = <dO_u, aux_w>.
 
-    D_u = sum_w P_uw dP_uw is the softmax Jacobian's row term. FlashAttention takes it as <dO_u, out_u> from
-    the forward output, but that out was built from the forward's rounding of P: with peaked rows (x20
-    normalised vectors, logits ~400) the mismatch, ~1e-5 of |dP|, lands in dP - D, a difference of
-    nearly equal numbers, and the float32 gradient came out 3x further from float64 than the dense
-    float32 one (SPEC.md allows 2x). Here D uses this kernel's own P: accumulate
-    sum_w P dP aux, sum_w P aux and sum_w P dP in one pass, then d query = (first - D · second) · scale.
-    One extra dot and accumulator per tile. For the aux kernel it writes the planar per-row statistics
-    Stats (B, 3, stride): lse, D_u and the row normalisation 1 / sum_w P.
+    p = P / S_u: this kernel's own probabilities P = exp2(logit - lse) over their row sum (which also removes
+    the common rounding of the stored lse), and D_u = sum_w p_uw dP_uw. FlashAttention takes D_u as
+    D~_u = <dO_u, out_u> from the forward output, which with peaked rows (x20 normalised vectors, logits ~400)
+    is ~1e-5 |dP| off, and that error lands in dP - D, a difference of nearly equal numbers. Subtracting two
+    large accumulated sums (sum P dP aux - D sum P aux) cancels in the same way. So one pass accumulates, with
+    r_uw = dP_uw - D~_u (exact where P matters: nearly equal numbers), A = sum_w P r aux_w, s = sum_w P aux_w,
+    e = sum_w P r and S = sum_w P; then D_u - D~_u = e / S and d query = (A - (e / S) s) / S · scale, where
+    both terms are small where the row is peaked. For the aux kernel it writes the planar per-row statistics
+    Stats (B, 3, stride): D~_u, e / S and 1 / S, from which it forms p ((dP - D~) - e / S) per element.
     """
     pid_n = tl.program_id(0)
     batch = tl.program_id(1).to(tl.int64)
@@ -166,36 +172,37 @@ def _exchange_bwd_query_kernel(
     grad_out = _load_rows(grad_out_base, offs_n, mask_n, C, C_PAD, EVEN_C, True)
     lse = tl.load(Lse + batch * N + offs_n, mask=mask_n, other=0.0)
     aux_base = Aux + batch * M * stride_c
+    out = _load_rows(Out + batch * N * stride_c, offs_n, mask_n, C, C_PAD, EVEN_C, True)
+    delta_est = tl.sum(grad_out.to(acc_dtype) * out.to(acc_dtype), 1)  # D~_u = <dO_u, out_u>
 
-    weighted_dp_aux = tl.zeros([BLOCK_N, C_PAD], acc_dtype)  # sum_w P dP aux_w
-    p_aux = tl.zeros([BLOCK_N, C_PAD], acc_dtype)  # sum_w P aux_w (the output, as this kernel's P gives it)
-    delta = tl.zeros([BLOCK_N], acc_dtype)  # sum_w P dP
+    weighted_dp_aux = tl.zeros([BLOCK_N, C_PAD], acc_dtype)  # A = sum_w P (dP - D~) aux_w
+    p_aux = tl.zeros([BLOCK_N, C_PAD], acc_dtype)  # s = sum_w P aux_w (the output, as this kernel's P gives it)
+    excess = tl.zeros([BLOCK_N], acc_dtype)  # e = sum_w P (dP - D~)
     row_sum = tl.zeros([BLOCK_N], acc_dtype)  # sum_w P
     full_m = _full_tiles_end(M, BLOCK_M, LOW_PRECISION=query.dtype.primitive_bitwidth < 32)
     for start_m in range(0, full_m, BLOCK_M):
-        weighted_dp_aux, p_aux, delta, row_sum = _exchange_bwd_query_step(
+        weighted_dp_aux, p_aux, excess, row_sum = _exchange_bwd_query_step(
             query, grad_out, query_base, grad_out_base, offs_n, mask_n, lse, aux_base, start_m, M, C,
-            weighted_dp_aux, p_aux, delta, row_sum, scale_log2e, C_PAD, BLOCK_M, K_CHUNK, IS_FP64, EVEN_C, False)
+            weighted_dp_aux, p_aux, excess, row_sum, delta_est, scale_log2e, C_PAD, BLOCK_M, K_CHUNK, IS_FP64, EVEN_C, False)
     for start_m in range(full_m, M, BLOCK_M):
-        weighted_dp_aux, p_aux, delta, row_sum = _exchange_bwd_query_step(
+        weighted_dp_aux, p_aux, excess, row_sum = _exchange_bwd_query_step(
             query, grad_out, query_base, grad_out_base, offs_n, mask_n, lse, aux_base, start_m, M, C,
-            weighted_dp_aux, p_aux, delta, row_sum, scale_log2e, C_PAD, BLOCK_M, K_CHUNK, IS_FP64, EVEN_C, True)
+            weighted_dp_aux, p_aux, excess, row_sum, delta_est, scale_log2e, C_PAD, BLOCK_M, K_CHUNK, IS_FP64, EVEN_C, True)
 
-    # The stored lse is rounded at its magnitude (up to ~1e4 · 2^-24), which scales every P of a row by the
-    # same factor 1 + O(1e-5): dividing by the recomputed row sum removes it.
     row_scale = 1.0 / tl.where(mask_n, row_sum, 1.0)
-    delta = delta * row_scale
+    excess = excess * row_scale  # D_u - D~_u
     row_stride = _coordinate_stride(N)
     stats_base = Stats + batch * 3 * row_stride + offs_n
-    tl.store(stats_base, lse, mask=mask_n)
-    tl.store(stats_base + row_stride, delta, mask=mask_n)
+    tl.store(stats_base, delta_est, mask=mask_n)
+    tl.store(stats_base + row_stride, excess, mask=mask_n)
     tl.store(stats_base + 2 * row_stride, row_scale, mask=mask_n)
-    grad_query = (weighted_dp_aux - delta[:, None] * p_aux) * (row_scale * scale)[:, None]
+    grad_query = (weighted_dp_aux - excess[:, None] * p_aux) * (row_scale * scale)[:, None]
     _store_rows(GradQuery + batch * N * stride_c, offs_n, mask_n, grad_query, C, C_PAD, EVEN_C)
 
 
 @triton.jit
-def _exchange_bwd_aux_step(aux, aux_base, offs_m, mask_m, query_base, grad_out_base, stats_base, ROW_STRIDE, start_n,
+def _exchange_bwd_aux_step(aux, aux_base, offs_m, mask_m, query_base, grad_out_base, lse_base, stats_base, ROW_STRIDE,
+                           start_n,
                            N, C, grad_aux, scale, scale_log2e,
                            C_PAD: tl.constexpr, BLOCK_N: tl.constexpr, K_CHUNK: tl.constexpr, IS_FP64: tl.constexpr,
                            EVEN_C: tl.constexpr, MASK_N: tl.constexpr):
@@ -204,8 +211,9 @@ def _exchange_bwd_aux_step(aux, aux_base, offs_m, mask_m, query_base, grad_out_b
     mask_n = offs_n < N
     query = _load_rows(query_base, offs_n, mask_n, C, C_PAD, EVEN_C, MASK_N)
     grad_out = _load_rows(grad_out_base, offs_n, mask_n, C, C_PAD, EVEN_C, MASK_N)
-    lse = _load_vector(stats_base, offs_n, mask_n, MASK_N)
-    delta = _load_vector(stats_base + ROW_STRIDE, offs_n, mask_n, MASK_N)
+    lse = _load_vector(lse_base, offs_n, mask_n, MASK_N)
+    delta_est = _load_vector(stats_base, offs_n, mask_n, MASK_N)
+    excess = _load_vector(stats_base + ROW_STRIDE, offs_n, mask_n, MASK_N)
     row_scale = _load_vector(stats_base + 2 * ROW_STRIDE, offs_n, mask_n, MASK_N)  # 0 masks rows past N
     if aux.dtype.primitive_bitwidth >= 32:
         # 32/64-bit: the very expression of the query kernel (same operands, orientation and tile
@@ -214,18 +222,18 @@ def _exchange_bwd_aux_step(aux, aux_base, offs_m, mask_m, query_base, grad_out_b
         # in every P of a peaked row. The transposes cost a layout conversion per tile.
         logits = _dot_nt(query_base, offs_n, mask_n, query, aux_base, offs_m, mask_m, aux, C, scale_log2e,
                          True, C_PAD, K_CHUNK, acc_dtype, EVEN_C)
-        p = tl.where(mask_m[None, :], tl.exp2(logits - lse[:, None]), 0.0) * row_scale[:, None]
+        p = tl.where(mask_m[None, :], tl.exp2((logits - lse[:, None]).to(acc_dtype)), 0.0) * row_scale[:, None]
         dp = _dot_nt(grad_out_base, offs_n, mask_n, grad_out, aux_base, offs_m, mask_m, aux, C, scale_log2e,
                      False, C_PAD, K_CHUNK, acc_dtype, EVEN_C)
         p_t = tl.trans(p)
-        ds_t = tl.trans(p * (dp - delta[:, None])) * scale
+        ds_t = tl.trans(p * ((dp - delta_est[:, None]).to(acc_dtype) - excess[:, None])) * scale
     else:
         # 16-bit: transposed tiles (aux rows x query columns) so the reductions over u are plain dots
         # with no layout conversion, as in FlashAttention-2; rounding is far below 16-bit error here.
         p_t = tl.exp2(tl.dot(aux, tl.trans(query), out_dtype=acc_dtype) * scale_log2e - lse[None, :])
         p_t = p_t * row_scale[None, :]
         dp_t = tl.dot(aux, tl.trans(grad_out), out_dtype=acc_dtype)
-        ds_t = p_t * (dp_t - delta[None, :]) * scale
+        ds_t = p_t * ((dp_t - delta_est[None, :]) - excess[None, :]) * scale
     grad_aux += tl.dot(p_t.to(aux.dtype), grad_out, input_precision="ieee", out_dtype=acc_dtype)
     grad_aux += tl.dot(ds_t.to(aux.dtype), query, input_precision="ieee", out_dtype=acc_dtype)
     return grad_aux
@@ -255,15 +263,16 @@ def _exchange_bwd_aux_kernel(
     grad_out_base = GradOut + batch * N * stride_c
     row_stride = _coordinate_stride(N)
     stats_base = Stats + batch * 3 * row_stride
+    lse_base = Lse + batch * N
 
     grad_aux = tl.zeros([BLOCK_M, C_PAD], acc_dtype)
     full_n = _full_tiles_end(N, BLOCK_N, LOW_PRECISION=aux.dtype.primitive_bitwidth < 32)
     for start_n in range(0, full_n, BLOCK_N):
-        grad_aux = _exchange_bwd_aux_step(aux, aux_base, offs_m, mask_m, query_base, grad_out_base, stats_base,
+        grad_aux = _exchange_bwd_aux_step(aux, aux_base, offs_m, mask_m, query_base, grad_out_base, lse_base, stats_base,
                                           row_stride, start_n, N, C, grad_aux, scale, scale_log2e, C_PAD, BLOCK_N,
                                           K_CHUNK, IS_FP64, EVEN_C, False)
     for start_n in range(full_n, N, BLOCK_N):
-        grad_aux = _exchange_bwd_aux_step(aux, aux_base, offs_m, mask_m, query_base, grad_out_base, stats_base,
+        grad_aux = _exchange_bwd_aux_step(aux, aux_base, offs_m, mask_m, query_base, grad_out_base, lse_base, stats_base,
                                           row_stride, start_n, N, C, grad_aux, scale, scale_log2e, C_PAD, BLOCK_N,
                                           K_CHUNK, IS_FP64, EVEN_C, True)
 
@@ -277,21 +286,22 @@ def exchange_forward(query: torch.Tensor, aux: torch.Tensor, scale: float) -> tu
     """Fused exchange forward.
 
     Args:
-        query: ``(B, N, C)`` contiguous, float32/float16/bfloat16/float64.
-        aux: ``(B, M, C)`` contiguous, same dtype and device.
+        query: ``(B, N, C)``, float32/float16/bfloat16/float64 (any strides: the kernels read contiguous copies).
+        aux: ``(B, M, C)``, same dtype and device.
         scale: the softmax temperature ``s``.
 
     Returns:
-        ``out`` ``(B, N, C)`` in the input dtype and ``lse`` ``(B, N)`` (float32; float64 for float64
-        inputs), the log2-sum-exp2 of scale·log2(e)·<query_u, aux_w> over w (the natural log-sum-exp / ln 2).
+        ``out`` ``(B, N, C)`` contiguous in the input dtype and ``lse`` ``(B, N)`` float64, the natural
+        log-sum-exp of scale·<query_u, aux_w> over w (the one convention of every backend, see _library.py).
     """
     check_runnable(query)
+    query, aux = query.contiguous(), aux.contiguous()
     batch, n, c = query.shape
     m = aux.shape[1]
     c_pad = channel_pad(c)
     config = launch_config("exchange_fwd", c_pad, query.dtype)
-    out = torch.empty_like(query)
-    lse = torch.empty((batch, n), dtype=accumulator_dtype(query.dtype), device=query.device)
+    out = torch.empty(query.shape, dtype=query.dtype, device=query.device)
+    lse = torch.empty((batch, n), dtype=lse_dtype(query.dtype), device=query.device)
     grid = (triton.cdiv(n, config.block_n), batch)
     _exchange_fwd_kernel[grid](
         query, aux, out, lse, n, m, c, *split_scalar(log2_scale(scale)),
@@ -300,7 +310,7 @@ def exchange_forward(query: torch.Tensor, aux: torch.Tensor, scale: float) -> tu
         num_warps=config.num_warps, num_stages=config.num_stages, enable_fp_fusion=FP_FUSION,
         maxnreg=config.max_registers,
     )
-    return out, lse
+    return out, lse_to_natural(lse)
 
 
 def exchange_backward(grad_out, query, aux, out, lse, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -308,30 +318,32 @@ def exchange_backward(grad_out, query, aux, out, lse, scale: float) -> tuple[tor
 
     Args:
         grad_out, query, out: ``(B, N, C)``; aux: ``(B, M, C)``; lse: ``(B, N)`` from :func:`exchange_forward`.
-        ``out`` is in the op schema (shared with the CPU backend) but not read: D_u is recomputed from
-        this backward's own probabilities (see _exchange_bwd_query_kernel).
+        ``out`` gives FlashAttention's estimate <dO_u, out_u> of D_u, which the query kernel corrects
+        (see _exchange_bwd_query_kernel). Any strides: the kernels read contiguous copies.
 
     Returns:
         ``grad_query`` ``(B, N, C)`` and ``grad_aux`` ``(B, M, C)`` in the input dtype.
     """
     check_runnable(query)
+    query, aux, out = query.contiguous(), aux.contiguous(), out.contiguous()
+    lse = lse_from_natural(lse, query.dtype)
     batch, n, c = query.shape
     m = aux.shape[1]
     c_pad = channel_pad(c)
     config = launch_config("exchange_bwd", c_pad, query.dtype)
     grad_out = grad_out.contiguous().to(query.dtype)
-    grad_query = torch.empty_like(query)
-    grad_aux = torch.empty_like(aux)
-    # O(B·N), the only extra buffer: lse, D_u and the row normalisation per query row, written by the query
-    # kernel for the aux kernel, in planes aligned to 16 elements (see _coordinate_stride)
-    stats = torch.empty((batch, 3, aligned_stride(n)), dtype=lse.dtype, device=query.device)
+    grad_query = torch.empty(query.shape, dtype=query.dtype, device=query.device)
+    grad_aux = torch.empty(aux.shape, dtype=aux.dtype, device=aux.device)
+    # O(B·N), the only extra buffer: D~_u, D_u - D~_u and the row normalisation per query row, written by the
+    # query kernel for the aux kernel, in planes aligned to 16 elements (see _coordinate_stride)
+    stats = torch.empty((batch, 3, aligned_stride(n)), dtype=accumulator_dtype(query.dtype), device=query.device)
     scalars = (*split_scalar(scale), *split_scalar(log2_scale(scale)))
     constexprs = dict(C_PAD=c_pad, BLOCK_N=config.block_n, BLOCK_M=config.block_m, K_CHUNK=config.k_chunk,
                       IS_FP64=query.dtype == torch.float64, EVEN_C=c == c_pad)
     launch = dict(num_warps=config.num_warps, num_stages=config.num_stages, enable_fp_fusion=FP_FUSION,
                   maxnreg=config.max_registers)
     _exchange_bwd_query_kernel[(triton.cdiv(n, config.block_n), batch)](
-        grad_out, query, aux, lse, stats, grad_query, n, m, c, *scalars, **constexprs, **launch)
+        grad_out, query, aux, out, lse, stats, grad_query, n, m, c, *scalars, **constexprs, **launch)
     _exchange_bwd_aux_kernel[(triton.cdiv(m, config.block_m), batch)](
         grad_out, query, aux, lse, stats, grad_aux, n, m, c, *scalars, **constexprs, **launch)
     return grad_query, grad_aux
@@ -343,6 +355,7 @@ def exchange_specializations() -> list:
     for dtype in FEATURE_DTYPES:
         feat = "*" + triton_type(dtype)
         stat = "*" + triton_type(accumulator_dtype(dtype))
+        lse = "*" + triton_type(lse_dtype(dtype))
         ints = dict(N="i32", M="i32", C="i32")
         for c_pad in CHANNEL_PADS:
             tag = f"{triton_type(dtype)}_c{c_pad}"
@@ -351,65 +364,18 @@ def exchange_specializations() -> list:
                               IS_FP64=dtype == torch.float64, EVEN_C=True)
             specs.append(make_specialization(
                 f"exchange_fwd_{tag}", _exchange_fwd_kernel,
-                dict(Query=feat, Aux=feat, Out=feat, Lse=stat, **ints, SCALE_LOG2E_HI="fp32", SCALE_LOG2E_LO="fp32"),
+                dict(Query=feat, Aux=feat, Out=feat, Lse=lse, **ints, SCALE_LOG2E_HI="fp32", SCALE_LOG2E_LO="fp32"),
                 constexprs, config))
             config = launch_config("exchange_bwd", c_pad, dtype)
             constexprs = dict(constexprs, BLOCK_N=config.block_n, BLOCK_M=config.block_m, K_CHUNK=config.k_chunk)
             scalars = dict(SCALE_HI="fp32", SCALE_LO="fp32", SCALE_LOG2E_HI="fp32", SCALE_LOG2E_LO="fp32")
             specs.append(make_specialization(
                 f"exchange_bwd_query_{tag}", _exchange_bwd_query_kernel,
-                dict(GradOut=feat, Query=feat, Aux=feat, Lse=stat, Stats=stat, GradQuery=feat,
+                dict(GradOut=feat, Query=feat, Aux=feat, Out=feat, Lse=lse, Stats=stat, GradQuery=feat,
                      **ints, **scalars), constexprs, config))
             specs.append(make_specialization(
                 f"exchange_bwd_aux_{tag}", _exchange_bwd_aux_kernel,
-                dict(GradOut=feat, Query=feat, Aux=feat, Lse=stat, Stats=stat, GradAux=feat,
+                dict(GradOut=feat, Query=feat, Aux=feat, Lse=lse, Stats=stat, GradAux=feat,
                      **ints, **scalars),
                 constexprs, config))
     return specs
-
-
-# ----------------------------------------------------------------------------------- custom-op registration
-
-
-@torch.library.custom_op("dve_kernels::exchange_fwd_triton", mutates_args=())
-def exchange_fwd_triton(query: torch.Tensor, aux: torch.Tensor, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
-    return exchange_forward(query, aux, scale)
-
-
-@exchange_fwd_triton.register_fake
-def _exchange_fwd_fake(query, aux, scale):
-    batch, n, _ = query.shape
-    return torch.empty_like(query), query.new_empty((batch, n), dtype=accumulator_dtype(query.dtype))
-
-
-@torch.library.custom_op("dve_kernels::exchange_bwd_triton", mutates_args=())
-def exchange_bwd_triton(grad_out: torch.Tensor, query: torch.Tensor, aux: torch.Tensor, out: torch.Tensor,
-                        lse: torch.Tensor, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
-    return exchange_backward(grad_out, query, aux, out, lse, scale)
-
-
-@exchange_bwd_triton.register_fake
-def _exchange_bwd_fake(grad_out, query, aux, out, lse, scale):
-    return torch.empty_like(query), torch.empty_like(aux)
-
-
-def _exchange_setup_context(ctx, inputs, output):
-    query, aux, scale = inputs
-    out, lse = output
-    ctx.save_for_backward(query, aux, out, lse)
-    ctx.scale = scale
-
-
-def _exchange_autograd(ctx, grad_out, grad_lse):
-    # lse is a saved statistic, not a differentiable output: its gradient is ignored
-    query, aux, out, lse = ctx.saved_tensors
-    grad_query, grad_aux = exchange_bwd_triton(grad_out.contiguous(), query, aux, out, lse, ctx.scale)
-    return grad_query, grad_aux, None
-
-
-exchange_fwd_triton.register_autograd(_exchange_autograd, setup_context=_exchange_setup_context)
-
-
-def exchange(query: torch.Tensor, aux: torch.Tensor, scale: float) -> torch.Tensor:
-    """Differentiable fused exchange: query ``(B, N, C)``, aux ``(B, M, C)`` -> ``(B, N, C)``."""
-    return exchange_fwd_triton(query, aux, float(scale))[0]

@@ -27,6 +27,9 @@ from ._launch import (
     FEATURE_DTYPES,
     FP_FUSION,
     launch_config,
+    lse_dtype,
+    lse_from_natural,
+    lse_to_natural,
     log2_scale,
     make_specialization,
     planar_coordinates,
@@ -97,9 +100,9 @@ def _warp_fwd_step(src, src_base, offs_n, mask_n, src_x, src_y, tgt_base, tgt_xy
         # ieee: float32 must not silently run in TF32 (SPEC.md section 4); the tgt tile is read inside _dot_nt
         logits = _dot_nt(src_base, offs_n, mask_n, src, tgt_base, offs_m, mask_m, src, C, scale_log2e,
                          True, C_PAD, K_CHUNK, acc_dtype, EVEN_C)
-        m_new, p = _softmax_tile(logits, m_i, mask_m, scale_log2e, True, MASK_M)
+        m_new, p = _softmax_tile(logits, m_i, mask_m, scale_log2e, True, MASK_M, P_DTYPE=acc_dtype)
         dist_sum = tl.sum(p * _distance_power(r2, pow_half, POW_MODE, IS_FP64).to(acc_dtype), 1)
-    alpha = tl.exp2(m_i - m_new)  # rescales what was accumulated under the old max
+    alpha = tl.exp2((m_i - m_new).to(acc_dtype))  # rescales what was accumulated under the old max
     l_i = l_i * alpha + tl.sum(p, 1)
     acc = acc * alpha + dist_sum
     return m_new, l_i, acc
@@ -142,7 +145,8 @@ def _warp_fwd_kernel(
     tgt_xy_stride = _coordinate_stride(M)
     tgt_xy_base = TgtXY + batch * 2 * tgt_xy_stride
 
-    m_i = tl.full([BLOCK_N], float("-inf"), acc_dtype)  # running max of the base-2 logits
+    logit_dtype: tl.constexpr = tl.float32 if src.dtype.primitive_bitwidth < 32 else tl.float64
+    m_i = tl.full([BLOCK_N], float("-inf"), logit_dtype)  # running max of the base-2 logits
     l_i = tl.zeros([BLOCK_N], acc_dtype)  # running sum of exp2(logit - m_i)
     acc = tl.zeros([BLOCK_N], acc_dtype)  # running sum of exp2(logit - m_i) * distance
     full_m = _full_tiles_end(M, BLOCK_M, LOW_PRECISION=src.dtype.primitive_bitwidth < 32)
@@ -177,7 +181,7 @@ def _warp_fwd_kernel(
 
 @triton.jit
 def _warp_bwd_src_step(src, src_base, offs_n, mask_n, src_x, src_y, lse, tgt_base, tgt_xy_base, XY_STRIDE,
-                       start_m, M, C, p_dist_tgt, p_tgt, p_dist, row_sum, scale_log2e, pow_half,
+                       start_m, M, C, p_dist_tgt, p_tgt, p_dist, row_sum, rows_est, scale_log2e, pow_half,
                        C_PAD: tl.constexpr, BLOCK_M: tl.constexpr, K_CHUNK: tl.constexpr, POW_MODE: tl.constexpr,
                        IS_FP64: tl.constexpr, EVEN_C: tl.constexpr, MASK_M: tl.constexpr):
     acc_dtype: tl.constexpr = tl.float64 if IS_FP64 else tl.float32
@@ -188,13 +192,13 @@ def _warp_bwd_src_step(src, src_base, offs_n, mask_n, src_x, src_y, lse, tgt_bas
     tgt_y = _load_vector(tgt_xy_base + XY_STRIDE, offs_m, mask_m, MASK_M)
     logits = _dot_nt(src_base, offs_n, mask_n, src, tgt_base, offs_m, mask_m, tgt, C, scale_log2e,
                      True, C_PAD, K_CHUNK, acc_dtype, EVEN_C)
-    p = tl.exp2(logits - lse[:, None])
+    p = tl.exp2((logits - lse[:, None]).to(acc_dtype))  # 32/64-bit: logits and lse are float64
     if MASK_M:
         p = tl.where(mask_m[None, :], p, 0.0)
     low_precision: tl.constexpr = src.dtype.primitive_bitwidth < 32
     dist = _distance_power(_squared_distance(src_x, src_y, tgt_x, tgt_y), pow_half, POW_MODE, IS_FP64,
                            low_precision).to(acc_dtype)
-    pd = p * dist
+    pd = p * (dist - rows_est[:, None])  # a small difference where p is large: exact there (Sterbenz)
     row_sum += tl.sum(p, 1)
     p_dist += tl.sum(pd, 1)
     p_dist_tgt += tl.dot(pd.to(tgt.dtype), tgt, input_precision="ieee", out_dtype=acc_dtype)
@@ -204,7 +208,7 @@ def _warp_bwd_src_step(src, src_base, offs_n, mask_n, src_x, src_y, lse, tgt_bas
 
 @triton.jit(do_not_specialize=["N", "M", "C"])
 def _warp_bwd_src_kernel(
-    GradRows, Src, Tgt, SrcXY, TgtXY, Lse, Stats, GradSrc,
+    GradRows, Src, Tgt, SrcXY, TgtXY, Rows, Lse, Stats, GradSrc,
     N, M, C,
     SCALE_HI, SCALE_LO, SCALE_LOG2E_HI, SCALE_LOG2E_LO, POW_HALF_HI, POW_HALF_LO,
     C_PAD: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, K_CHUNK: tl.constexpr,
@@ -213,12 +217,14 @@ def _warp_bwd_src_kernel(
 ):
     """d src_u = scale · upstream_u · sum_v p_uv (d_uv - L_u) tgt_v, one source tile per program.
 
-    L_u here is sum_v p_uv d_uv with this kernel's own p, not the forward's: for peaked rows
-    d_uv - L_u is a difference of nearly equal numbers, and the forward's differently rounded p would
-    put ~1e-5 relative errors there (see the exchange query kernel). So one pass accumulates
-    sum p d tgt, sum p tgt, sum p d and sum p, and d src = (first - L · second) / sum p. The row
-    normalisation also removes the common error of the stored lse. For the tgt kernel it writes the planar
-    per-row statistics Stats (B, 3, stride): lse, L_u and upstream_u / sum_v p.
+    p = P / S_u with this kernel's own P = exp2(logit - lse) and S_u = sum_v P_uv (the row normalisation also
+    removes the common error of the stored lse), and L_u = sum_v p_uv d_uv. For peaked rows d_uv - L_u is a
+    difference of nearly equal numbers: the forward's L~_u (``Rows``, rounded through a differently rescaled
+    p) is ~1e-5 off there, and so is a difference of large accumulated sums (sum p d tgt - L sum p tgt). So one
+    pass accumulates, with r_uv = d_uv - L~_u, A = sum_v P r tgt_v, s = sum_v P tgt_v, e = sum_v P r, S; then
+    L_u - L~_u = e / S and d src = (A - (e / S) s) / S · upstream · scale, both terms small where the row is
+    peaked. For the tgt kernel it writes the planar per-row statistics Stats (B, 3, stride): L~_u, e / S and
+    upstream_u / S_u, from which it forms p ((d - L~) - e / S) per element.
     """
     pid_n = tl.program_id(0)
     batch = tl.program_id(1).to(tl.int64)
@@ -238,38 +244,40 @@ def _warp_bwd_src_kernel(
     src_y = tl.load(src_xy_base + row_stride + offs_n, mask=mask_n, other=0.0)
     lse = tl.load(Lse + batch * N + offs_n, mask=mask_n, other=0.0)
     upstream = tl.load(GradRows + batch * N + offs_n, mask=mask_n, other=0.0).to(acc_dtype)
+    rows_est = tl.load(Rows + batch * N + offs_n, mask=mask_n, other=0.0).to(acc_dtype)  # L~_u
     tgt_base = Tgt + batch * M * stride_c
     tgt_xy_stride = _coordinate_stride(M)
     tgt_xy_base = TgtXY + batch * 2 * tgt_xy_stride
 
-    p_dist_tgt = tl.zeros([BLOCK_N, C_PAD], acc_dtype)  # sum_v p d tgt_v
-    p_tgt = tl.zeros([BLOCK_N, C_PAD], acc_dtype)  # sum_v p tgt_v
-    p_dist = tl.zeros([BLOCK_N], acc_dtype)  # sum_v p d
+    p_dist_tgt = tl.zeros([BLOCK_N, C_PAD], acc_dtype)  # A = sum_v P (d - L~) tgt_v
+    p_tgt = tl.zeros([BLOCK_N, C_PAD], acc_dtype)  # s = sum_v P tgt_v
+    p_dist = tl.zeros([BLOCK_N], acc_dtype)  # e = sum_v P (d - L~)
     row_sum = tl.zeros([BLOCK_N], acc_dtype)  # sum_v p
     full_m = _full_tiles_end(M, BLOCK_M, LOW_PRECISION=src.dtype.primitive_bitwidth < 32)
     for start_m in range(0, full_m, BLOCK_M):
         p_dist_tgt, p_tgt, p_dist, row_sum = _warp_bwd_src_step(
             src, src_base, offs_n, mask_n, src_x, src_y, lse, tgt_base, tgt_xy_base, tgt_xy_stride, start_m, M, C,
-            p_dist_tgt, p_tgt, p_dist, row_sum, scale_log2e, pow_half, C_PAD, BLOCK_M, K_CHUNK, POW_MODE, IS_FP64,
+            p_dist_tgt, p_tgt, p_dist, row_sum, rows_est, scale_log2e, pow_half, C_PAD, BLOCK_M, K_CHUNK, POW_MODE, IS_FP64,
             EVEN_C, False)
     for start_m in range(full_m, M, BLOCK_M):
         p_dist_tgt, p_tgt, p_dist, row_sum = _warp_bwd_src_step(
             src, src_base, offs_n, mask_n, src_x, src_y, lse, tgt_base, tgt_xy_base, tgt_xy_stride, start_m, M, C,
-            p_dist_tgt, p_tgt, p_dist, row_sum, scale_log2e, pow_half, C_PAD, BLOCK_M, K_CHUNK, POW_MODE, IS_FP64,
+            p_dist_tgt, p_tgt, p_dist, row_sum, rows_est, scale_log2e, pow_half, C_PAD, BLOCK_M, K_CHUNK, POW_MODE, IS_FP64,
             EVEN_C, True)
 
     row_scale = 1.0 / tl.where(mask_n, row_sum, 1.0)
-    rows = p_dist * row_scale
+    excess = p_dist * row_scale  # L_u - L~_u
     stats_base = Stats + batch * 3 * row_stride + offs_n
-    tl.store(stats_base, lse, mask=mask_n)
-    tl.store(stats_base + row_stride, rows, mask=mask_n)
+    tl.store(stats_base, rows_est, mask=mask_n)
+    tl.store(stats_base + row_stride, excess, mask=mask_n)
     tl.store(stats_base + 2 * row_stride, upstream * row_scale, mask=mask_n)
-    grad_src = (p_dist_tgt - rows[:, None] * p_tgt) * (row_scale * upstream * scale)[:, None]
+    grad_src = (p_dist_tgt - excess[:, None] * p_tgt) * (row_scale * upstream * scale)[:, None]
     _store_rows(GradSrc + batch * N * stride_c, offs_n, mask_n, grad_src, C, C_PAD, EVEN_C)
 
 
 @triton.jit
-def _warp_bwd_tgt_step(tgt, tgt_base, offs_m, mask_m, tgt_x, tgt_y, src_base, src_xy_base, stats_base, ROW_STRIDE,
+def _warp_bwd_tgt_step(tgt, tgt_base, offs_m, mask_m, tgt_x, tgt_y, src_base, src_xy_base, lse_base, stats_base,
+                       ROW_STRIDE,
                        start_n, N, C, grad_tgt, scale_log2e, pow_half,
                        C_PAD: tl.constexpr, BLOCK_N: tl.constexpr, K_CHUNK: tl.constexpr, POW_MODE: tl.constexpr,
                        IS_FP64: tl.constexpr, EVEN_C: tl.constexpr, MASK_N: tl.constexpr):
@@ -279,23 +287,24 @@ def _warp_bwd_tgt_step(tgt, tgt_base, offs_m, mask_m, tgt_x, tgt_y, src_base, sr
     src = _load_rows(src_base, offs_n, mask_n, C, C_PAD, EVEN_C, MASK_N)
     src_x = _load_vector(src_xy_base, offs_n, mask_n, MASK_N)
     src_y = _load_vector(src_xy_base + ROW_STRIDE, offs_n, mask_n, MASK_N)
-    lse = _load_vector(stats_base, offs_n, mask_n, MASK_N)
-    rows = _load_vector(stats_base + ROW_STRIDE, offs_n, mask_n, MASK_N)
+    lse = _load_vector(lse_base, offs_n, mask_n, MASK_N)
+    rows_est = _load_vector(stats_base, offs_n, mask_n, MASK_N)
+    excess = _load_vector(stats_base + ROW_STRIDE, offs_n, mask_n, MASK_N)
     weight = _load_vector(stats_base + 2 * ROW_STRIDE, offs_n, mask_n, MASK_N)  # rows past N: weight 0
     if tgt.dtype.primitive_bitwidth >= 32:
         # 32/64-bit: the very expressions of the src kernel (operands, orientation, tile shape), so p
         # and d are bitwise the ones L_u and the row scale were built from (see the exchange aux kernel)
         logits = _dot_nt(src_base, offs_n, mask_n, src, tgt_base, offs_m, mask_m, tgt, C, scale_log2e, True,
                          C_PAD, K_CHUNK, acc_dtype, EVEN_C)
-        p = tl.where(mask_m[None, :], tl.exp2(logits - lse[:, None]), 0.0)
+        p = tl.where(mask_m[None, :], tl.exp2((logits - lse[:, None]).to(acc_dtype)), 0.0)
         dist = _distance_power(_squared_distance(src_x, src_y, tgt_x, tgt_y), pow_half, POW_MODE,
                                IS_FP64).to(acc_dtype)
-        dlogit_t = tl.trans(p * (dist - rows[:, None]) * weight[:, None])
+        dlogit_t = tl.trans(p * ((dist - rows_est[:, None]) - excess[:, None]) * weight[:, None])
     else:
         # 16-bit: transposed tiles (target rows x source columns): the reduction over u is a plain dot
         p_t = tl.exp2(tl.dot(tgt, tl.trans(src), out_dtype=acc_dtype) * scale_log2e - lse[None, :])
         dist_t = _distance_power(_squared_distance(tgt_x, tgt_y, src_x, src_y), pow_half, POW_MODE, IS_FP64, True)
-        dlogit_t = p_t * (dist_t - rows[None, :]) * weight[None, :]
+        dlogit_t = p_t * ((dist_t - rows_est[None, :]) - excess[None, :]) * weight[None, :]
     grad_tgt += tl.dot(dlogit_t.to(src.dtype), src, input_precision="ieee", out_dtype=acc_dtype)
     return grad_tgt
 
@@ -329,16 +338,17 @@ def _warp_bwd_tgt_kernel(
     row_stride = _coordinate_stride(N)
     src_xy_base = SrcXY + batch * 2 * row_stride
     stats_base = Stats + batch * 3 * row_stride
+    lse_base = Lse + batch * N
 
     grad_tgt = tl.zeros([BLOCK_M, C_PAD], acc_dtype)
     full_n = _full_tiles_end(N, BLOCK_N, LOW_PRECISION=tgt.dtype.primitive_bitwidth < 32)
     for start_n in range(0, full_n, BLOCK_N):
-        grad_tgt = _warp_bwd_tgt_step(tgt, tgt_base, offs_m, mask_m, tgt_x, tgt_y, src_base, src_xy_base, stats_base,
-                                      row_stride, start_n, N, C, grad_tgt, scale_log2e, pow_half, C_PAD, BLOCK_N,
+        grad_tgt = _warp_bwd_tgt_step(tgt, tgt_base, offs_m, mask_m, tgt_x, tgt_y, src_base, src_xy_base, lse_base,
+                                      stats_base, row_stride, start_n, N, C, grad_tgt, scale_log2e, pow_half, C_PAD, BLOCK_N,
                                       K_CHUNK, POW_MODE, IS_FP64, EVEN_C, False)
     for start_n in range(full_n, N, BLOCK_N):
-        grad_tgt = _warp_bwd_tgt_step(tgt, tgt_base, offs_m, mask_m, tgt_x, tgt_y, src_base, src_xy_base, stats_base,
-                                      row_stride, start_n, N, C, grad_tgt, scale_log2e, pow_half, C_PAD, BLOCK_N,
+        grad_tgt = _warp_bwd_tgt_step(tgt, tgt_base, offs_m, mask_m, tgt_x, tgt_y, src_base, src_xy_base, lse_base,
+                                      stats_base, row_stride, start_n, N, C, grad_tgt, scale_log2e, pow_half, C_PAD, BLOCK_N,
                                       K_CHUNK, POW_MODE, IS_FP64, EVEN_C, True)
 
     _store_rows(GradTgt + batch * M * stride_c, offs_m, mask_m, grad_tgt * scale, C, C_PAD, EVEN_C)
@@ -372,15 +382,16 @@ def warp_loss_forward(src, tgt, src_xy, tgt_xy, pow: float, scale: float) -> tup
     """Fused warp-loss forward.
 
     Args:
-        src: ``(B, N, C)``; tgt: ``(B, M, C)`` (contiguous, same float dtype and device).
+        src: ``(B, N, C)``; tgt: ``(B, M, C)`` (same float dtype and device; any strides).
         src_xy: ``(B, N, 2)``; tgt_xy: ``(B, M, 2)`` (or ``(M, 2)``), pixel coordinates.
         pow: the distance power (> 0); scale: the softmax temperature.
 
     Returns:
-        ``rows`` ``(B, N)`` = ``L_u`` and ``lse`` ``(B, N)``, the log2-sum-exp2 of scale·log2(e)·logits,
-        both float32 (float64 for float64 features).
+        ``rows`` ``(B, N)`` = ``L_u``, float32 (float64 for float64 features), and ``lse`` ``(B, N)`` float64,
+        the natural log-sum-exp of scale·logits (the one convention of every backend, see _library.py).
     """
     check_runnable(src)
+    src, tgt = src.contiguous(), tgt.contiguous()
     batch, n, c = src.shape
     m = tgt.shape[1]
     c_pad = channel_pad(c)
@@ -389,7 +400,7 @@ def warp_loss_forward(src, tgt, src_xy, tgt_xy, pow: float, scale: float) -> tup
     tgt_planar = _coordinates(tgt_xy, batch, src, pow)
     stat_dtype = accumulator_dtype(src.dtype)
     rows = torch.empty((batch, n), dtype=stat_dtype, device=src.device)
-    lse = torch.empty((batch, n), dtype=stat_dtype, device=src.device)
+    lse = torch.empty((batch, n), dtype=lse_dtype(src.dtype), device=src.device)
     _warp_fwd_kernel[(triton.cdiv(n, config.block_n), batch)](
         src, tgt, src_planar, tgt_planar, rows, lse, n, m, c,
         *split_scalar(log2_scale(scale)), *split_scalar(0.5 * pow),
@@ -400,17 +411,18 @@ def warp_loss_forward(src, tgt, src_xy, tgt_xy, pow: float, scale: float) -> tup
     )
     if _doubles_coordinates(src, pow):
         rows = rows + _non_finite_marker(src_xy, tgt_xy, batch)
-    return rows, lse
+    return rows, lse_to_natural(lse)
 
 
 def warp_loss_backward(grad_rows, src, tgt, src_xy, tgt_xy, rows, lse, pow: float, scale: float):
     """Fused warp-loss backward: ``grad_rows`` ``(B, N)`` -> ``grad_src`` ``(B, N, C)``, ``grad_tgt`` ``(B, M, C)``.
 
-    ``rows`` and ``lse`` ``(B, N)`` come from :func:`warp_loss_forward`; ``rows`` sets the statistics dtype
-    but its values are not read: L_u is recomputed from this backward's own probabilities
-    (see _warp_bwd_src_kernel).
+    ``rows`` and ``lse`` ``(B, N)`` come from :func:`warp_loss_forward`; ``rows`` is the estimate L~_u that
+    the src kernel corrects with this backward's own probabilities (see _warp_bwd_src_kernel).
     """
     check_runnable(src)
+    src, tgt, rows = src.contiguous(), tgt.contiguous(), rows.contiguous()
+    lse = lse_from_natural(lse, src.dtype)
     batch, n, c = src.shape
     m = tgt.shape[1]
     c_pad = channel_pad(c)
@@ -418,11 +430,10 @@ def warp_loss_backward(grad_rows, src, tgt, src_xy, tgt_xy, rows, lse, pow: floa
     src_planar = _coordinates(src_xy, batch, src, pow)
     tgt_planar = _coordinates(tgt_xy, batch, src, pow)
     grad_rows = grad_rows.contiguous().to(rows.dtype)
-    grad_src = torch.empty_like(src)
-    grad_tgt = torch.empty_like(tgt)
-    # O(B·N), the only extra buffer: lse, L_u and upstream / sum_v p per source row, written by the src kernel
-    # for the tgt kernel, planar like the coordinates. (The forward's ``rows`` is the same L_u rounded
-    # differently; see _warp_bwd_src_kernel.)
+    grad_src = torch.empty(src.shape, dtype=src.dtype, device=src.device)
+    grad_tgt = torch.empty(tgt.shape, dtype=tgt.dtype, device=tgt.device)
+    # O(B·N), the only extra buffer: L~_u, L_u - L~_u and upstream / sum_v P per source row, written by
+    # the src kernel for the tgt kernel, planar like the coordinates (see _warp_bwd_src_kernel)
     stats = torch.empty((batch, 3, src_planar.shape[-1]), dtype=rows.dtype, device=src.device)
     scalars = (*split_scalar(scale), *split_scalar(log2_scale(scale)), *split_scalar(0.5 * pow))
     constexprs = dict(C_PAD=c_pad, BLOCK_N=config.block_n, BLOCK_M=config.block_m, K_CHUNK=config.k_chunk,
@@ -430,7 +441,8 @@ def warp_loss_backward(grad_rows, src, tgt, src_xy, tgt_xy, rows, lse, pow: floa
     launch = dict(num_warps=config.num_warps, num_stages=config.num_stages, enable_fp_fusion=FP_FUSION,
                   maxnreg=config.max_registers)
     _warp_bwd_src_kernel[(triton.cdiv(n, config.block_n), batch)](
-        grad_rows, src, tgt, src_planar, tgt_planar, lse, stats, grad_src, n, m, c, *scalars, **constexprs, **launch)
+        grad_rows, src, tgt, src_planar, tgt_planar, rows, lse, stats, grad_src, n, m, c, *scalars, **constexprs,
+        **launch)
     _warp_bwd_tgt_kernel[(triton.cdiv(m, config.block_m), batch)](
         grad_rows, src, tgt, src_planar, tgt_planar, lse, stats, grad_tgt, n, m, c, *scalars, **constexprs, **launch)
     return grad_src, grad_tgt
@@ -442,6 +454,7 @@ def warp_loss_specializations() -> list:
     for dtype in FEATURE_DTYPES:
         feat = "*" + triton_type(dtype)
         stat = "*" + triton_type(accumulator_dtype(dtype))
+        lse = "*" + triton_type(lse_dtype(dtype))
         ints = dict(N="i32", M="i32", C="i32")
         for c_pad in CHANNEL_PADS:
             for mode in POW_MODES:
@@ -452,14 +465,14 @@ def warp_loss_specializations() -> list:
                                   IS_FP64=dtype == torch.float64, EVEN_C=True)
                 specs.append(make_specialization(
                     f"warp_fwd_{tag}", _warp_fwd_kernel,
-                    dict(Src=feat, Tgt=feat, SrcXY=stat, TgtXY=stat, Rows=stat, Lse=stat, **ints,
+                    dict(Src=feat, Tgt=feat, SrcXY=stat, TgtXY=stat, Rows=stat, Lse=lse, **ints,
                          SCALE_LOG2E_HI="fp32", SCALE_LOG2E_LO="fp32", POW_HALF_HI="fp32", POW_HALF_LO="fp32"),
                     constexprs, config,
                     tiles_per_iteration=3 if dtype.itemsize == 2 and mode == POW_FOURTH_ROOT else 1))
                 config = launch_config("warp_bwd", c_pad, dtype)
                 constexprs = dict(constexprs, BLOCK_N=config.block_n, BLOCK_M=config.block_m,
                                   K_CHUNK=config.k_chunk)
-                arg_types = dict(GradRows=stat, Src=feat, Tgt=feat, SrcXY=stat, TgtXY=stat, Lse=stat,
+                arg_types = dict(GradRows=stat, Src=feat, Tgt=feat, SrcXY=stat, TgtXY=stat, Rows=stat, Lse=lse,
                                  Stats=stat, GradSrc=feat, GradTgt=feat, **ints, SCALE_HI="fp32", SCALE_LO="fp32",
                                  SCALE_LOG2E_HI="fp32", SCALE_LOG2E_LO="fp32", POW_HALF_HI="fp32",
                                  POW_HALF_LO="fp32")
@@ -468,58 +481,3 @@ def warp_loss_specializations() -> list:
                 specs.append(make_specialization(
                     f"warp_bwd_tgt_{tag}", _warp_bwd_tgt_kernel, arg_types, constexprs, config))
     return specs
-
-
-# ----------------------------------------------------------------------------------- custom-op registration
-
-
-@torch.library.custom_op("dve_kernels::warp_loss_fwd_triton", mutates_args=())
-def warp_loss_fwd_triton(src: torch.Tensor, tgt: torch.Tensor, src_xy: torch.Tensor, tgt_xy: torch.Tensor,
-                         pow: float, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
-    return warp_loss_forward(src, tgt, src_xy, tgt_xy, pow, scale)
-
-
-@warp_loss_fwd_triton.register_fake
-def _warp_loss_fwd_fake(src, tgt, src_xy, tgt_xy, pow, scale):
-    batch, n, _ = src.shape
-    stat_dtype = accumulator_dtype(src.dtype)
-    return src.new_empty((batch, n), dtype=stat_dtype), src.new_empty((batch, n), dtype=stat_dtype)
-
-
-@torch.library.custom_op("dve_kernels::warp_loss_bwd_triton", mutates_args=())
-def warp_loss_bwd_triton(grad_rows: torch.Tensor, src: torch.Tensor, tgt: torch.Tensor, src_xy: torch.Tensor,
-                         tgt_xy: torch.Tensor, rows: torch.Tensor, lse: torch.Tensor, pow: float,
-                         scale: float) -> tuple[torch.Tensor, torch.Tensor]:
-    return warp_loss_backward(grad_rows, src, tgt, src_xy, tgt_xy, rows, lse, pow, scale)
-
-
-@warp_loss_bwd_triton.register_fake
-def _warp_loss_bwd_fake(grad_rows, src, tgt, src_xy, tgt_xy, rows, lse, pow, scale):
-    return torch.empty_like(src), torch.empty_like(tgt)
-
-
-def _warp_loss_setup_context(ctx, inputs, output):
-    src, tgt, src_xy, tgt_xy, pow, scale = inputs
-    rows, lse = output
-    ctx.save_for_backward(src, tgt, src_xy, tgt_xy, rows, lse)
-    ctx.pow = pow
-    ctx.scale = scale
-
-
-def _warp_loss_autograd(ctx, grad_rows, grad_lse):
-    # lse is a saved statistic, not a differentiable output; coordinates get no gradient (SPEC.md section 1)
-    src, tgt, src_xy, tgt_xy, rows, lse = ctx.saved_tensors
-    grad_src, grad_tgt = warp_loss_bwd_triton(grad_rows.contiguous(), src, tgt, src_xy, tgt_xy, rows, lse,
-                                              ctx.pow, ctx.scale)
-    return grad_src, grad_tgt, None, None, None, None
-
-
-warp_loss_fwd_triton.register_autograd(_warp_loss_autograd, setup_context=_warp_loss_setup_context)
-
-
-def warp_loss_rows(src, tgt, src_xy, tgt_xy, pow: float, scale: float) -> torch.Tensor:
-    """Differentiable fused warp-loss rows: ``L_u`` ``(B, N)`` (float32; float64 for float64 features).
-
-    src ``(B, N, C)``, tgt ``(B, M, C)``, src_xy ``(B, N, 2)``, tgt_xy ``(B, M, 2)``; gradients for src and tgt.
-    """
-    return warp_loss_fwd_triton(src, tgt, src_xy, tgt_xy, float(pow), float(scale))[0]

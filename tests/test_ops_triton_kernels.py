@@ -11,6 +11,8 @@ import os
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 triton = pytest.importorskip("triton")
 
@@ -21,6 +23,17 @@ if DEVICE == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
 from dve_kernels import ops, reference  # noqa: E402
 from dve_kernels.ops import _distance, _launch  # noqa: E402
 from dve_kernels.memory import AllocationRecorder  # noqa: E402
+
+import dve_kernels  # noqa: E402
+
+
+def _exchange_triton(query, aux, scale):
+    return dve_kernels.exchange(query, aux, scale=scale, backend="triton")
+
+
+def _warp_rows_triton(src, tgt, src_xy, tgt_xy, pow, scale):
+    return dve_kernels.warp_loss(src, tgt, src_xy, tgt_xy, pow=pow, scale=scale, reduction="none", backend="triton")
+
 
 @pytest.fixture(autouse=True)
 def _interpreter_tiles(monkeypatch):
@@ -99,7 +112,7 @@ def _check_exchange(shape, scale, normalize=False, dtype=torch.float32):
         return reference.exchange(q, a, scale=scale)
 
     def fused(q, a):
-        return ops.exchange(q, a, scale)
+        return _exchange_triton(q, a, scale)
 
     exact, exact_grads = _grads(dense, [query, aux], upstream)
     if dtype == torch.float64:
@@ -130,7 +143,7 @@ def _check_warp(shape, pow, scale, normalize=False, dtype=torch.float32):
         return reference.warp_loss_rows(s, t, src_xy.to(s.dtype), tgt_xy.to(s.dtype), pow, scale)
 
     def fused(s, t):
-        return ops.warp_loss_rows(s, t, src_xy.to(s.dtype), tgt_xy.to(s.dtype), pow, scale)
+        return _warp_rows_triton(s, t, src_xy.to(s.dtype), tgt_xy.to(s.dtype), pow, scale)
 
     exact, exact_grads = _grads(dense, [src, tgt], upstream)
     if dtype == torch.float64:
@@ -204,8 +217,8 @@ def test_shared_target_coordinates():
     """tgt_xy given once as (M, 2) is the same as broadcasting it over the batch."""
     src, tgt = _features(2, 21, 8, torch.float64), _features(2, 30, 8, torch.float64)
     src_xy, tgt_xy = _coords(2, 21, torch.float64), _coords(1, 30, torch.float64)[0]
-    rows = ops.warp_loss_rows(src, tgt, src_xy, tgt_xy, 0.5, 1.0)
-    expected = ops.warp_loss_rows(src, tgt, src_xy, tgt_xy.expand(2, -1, -1).contiguous(), 0.5, 1.0)
+    rows = _warp_rows_triton(src, tgt, src_xy, tgt_xy, 0.5, 1.0)
+    expected = _warp_rows_triton(src, tgt, src_xy, tgt_xy.expand(2, -1, -1).contiguous(), 0.5, 1.0)
     assert torch.equal(rows, expected)
 
 
@@ -213,7 +226,7 @@ def test_fourth_root_is_exact_at_zero_distance():
     """A source pixel that lands exactly on a target pixel has distance 0 (the FMA root must not give NaN)."""
     src, tgt = _features(1, 4, 16, torch.float32), _features(1, 4, 16, torch.float32)
     xy = _coords(1, 4, torch.float32)
-    rows = ops.warp_loss_rows(src, tgt, xy, xy, 0.5, 1000.0)  # p concentrates on u == v: distance ~0
+    rows = _warp_rows_triton(src, tgt, xy, xy, 0.5, 1000.0)  # p concentrates on u == v: distance ~0
     exact = reference.warp_loss_rows(src.double(), tgt.double(), xy.double(), xy.double(), 0.5, 1000.0)
     assert torch.isfinite(rows).all()
     torch.testing.assert_close(rows.double(), exact, rtol=1e-5, atol=1e-6)
@@ -224,9 +237,9 @@ def test_non_finite_input_gives_non_finite_output(op):
     query, aux = _features(1, 9, 5, torch.float32), _features(1, 11, 5, torch.float32)
     query[0, 3, 2] = float("nan")
     if op == "exchange":
-        out = ops.exchange(query, aux, 1.0)
+        out = _exchange_triton(query, aux, 1.0)
     else:
-        out = ops.warp_loss_rows(query, aux, _coords(1, 9, torch.float32), _coords(1, 11, torch.float32), 0.5, 1.0)
+        out = _warp_rows_triton(query, aux, _coords(1, 9, torch.float32), _coords(1, 11, torch.float32), 0.5, 1.0)
     assert not torch.isfinite(out).all()
 
 
@@ -257,7 +270,7 @@ def test_exchange_float16(shape, scale):
     exact = _grads(lambda q, a: reference.exchange(q, a, scale=scale), inputs, upstream)
     half = [x.half() for x in inputs]
     dense = _grads(lambda q, a: reference.exchange(q, a, scale=scale), half, upstream)
-    fused = _grads(lambda q, a: ops.exchange(q, a, scale), half, upstream)
+    fused = _grads(lambda q, a: _exchange_triton(q, a, scale), half, upstream)
     for what, f, d, e in zip(("out", "grad query", "grad aux"), [fused[0], *fused[1]], [dense[0], *dense[1]],
                              [exact[0], *exact[1]]):
         _assert_twice_dense(f, d, e, what)
@@ -278,7 +291,7 @@ def test_warp_loss_float16(shape, pow, scale):
     exact = _grads(rows(reference.warp_loss_rows, torch.float64), inputs, upstream)
     half = [x.half() for x in inputs]
     dense = _grads(rows(reference.warp_loss_rows, torch.float32), half, upstream)
-    fused = _grads(rows(ops.warp_loss_rows, torch.float32), half, upstream)
+    fused = _grads(rows(_warp_rows_triton, torch.float32), half, upstream)
     for what, f, d, e in zip(("rows", "grad src", "grad tgt"), [fused[0], *fused[1]], [dense[0], *dense[1]],
                              [exact[0], *exact[1]]):
         _assert_twice_dense(f, d, e, what)
@@ -315,15 +328,12 @@ def test_float16_non_finite_coordinates_give_non_finite_rows():
     src, tgt = _features(2, 9, 16, torch.float16), _features(2, 11, 16, torch.float16)
     src_xy, tgt_xy = _coords(2, 9, torch.float32), _coords(2, 11, torch.float32)
     tgt_xy[1, 4, 0] = float("inf")
-    rows = ops.warp_loss_rows(src, tgt, src_xy, tgt_xy, 0.5, 1.0)
+    rows = _warp_rows_triton(src, tgt, src_xy, tgt_xy, 0.5, 1.0)
     assert torch.isfinite(rows[0]).all() and not torch.isfinite(rows[1]).any()
 
 
 # ------------------------------------------------------------------------------------------------- property
 
-hypothesis = pytest.importorskip("hypothesis")
-from hypothesis import given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
 
 
 @settings(max_examples=12, deadline=None, derandomize=True)
@@ -344,7 +354,7 @@ def test_no_tensor_grows_with_n_times_m(op):
     b = _features(batch, m, c, torch.float32).requires_grad_(True)
     src_xy, tgt_xy = _coords(batch, n, torch.float32), _coords(batch, m, torch.float32)
     with AllocationRecorder() as recorder:
-        out = ops.exchange(a, b, 1.0) if op == "exchange" else ops.warp_loss_rows(a, b, src_xy, tgt_xy, 0.5, 1.0)
+        out = _exchange_triton(a, b, 1.0) if op == "exchange" else _warp_rows_triton(a, b, src_xy, tgt_xy, 0.5, 1.0)
         out.sum().backward()
     assert recorder.records, "the recorder saw nothing"
     assert recorder.largest_numel < n * m, f"{recorder.largest_description()} (N·M = {n * m})"
@@ -353,80 +363,19 @@ def test_no_tensor_grows_with_n_times_m(op):
 
 @pytest.mark.parametrize("op", ["exchange", "warp"])
 def test_bitwise_deterministic(op):
-    shape = (2, 45, 38, 24)
     a, b = _features(2, 45, 24, torch.float32), _features(2, 38, 24, torch.float32)
     src_xy, tgt_xy = _coords(2, 45, torch.float32), _coords(2, 38, torch.float32)
     upstream = torch.randn(2, 45, 24 if op == "exchange" else 1, device=DEVICE)
 
     def run():
         if op == "exchange":
-            return _grads(lambda x, y: ops.exchange(x, y, 0.9), [a, b], upstream)
-        return _grads(lambda x, y: ops.warp_loss_rows(x, y, src_xy, tgt_xy, 0.5, 0.9), [a, b], upstream[..., 0])
+            return _grads(lambda x, y: _exchange_triton(x, y, 0.9), [a, b], upstream)
+        return _grads(lambda x, y: _warp_rows_triton(x, y, src_xy, tgt_xy, 0.5, 0.9), [a, b], upstream[..., 0])
 
     (out1, grads1), (out2, grads2) = run(), run()
-    assert shape[0] == out1.shape[0]
+    assert out1.shape == ((2, 45, 24) if op == "exchange" else (2, 45))
     assert torch.equal(out1, out2)
     assert all(torch.equal(g1, g2) for g1, g2 in zip(grads1, grads2))
 
 
 # ---------------------------------------------------------------------------------- torch.library contract
-
-
-def _op_args():
-    q, aux = _features(2, 9, 5, torch.float32), _features(2, 7, 5, torch.float32)
-    src_xy, tgt_xy = _coords(2, 9, torch.float32), _coords(2, 7, torch.float32)
-    out, lse = torch.ops.dve_kernels.exchange_fwd_triton(q, aux, 0.8)
-    rows, wlse = torch.ops.dve_kernels.warp_loss_fwd_triton(q, aux, src_xy, tgt_xy, 0.5, 0.8)
-    grad_out, grad_rows = torch.randn_like(out), torch.randn_like(rows)
-    return {
-        "exchange_fwd_triton": (q.requires_grad_(True), aux.requires_grad_(True), 0.8),
-        "exchange_bwd_triton": (grad_out, q.detach(), aux.detach(), out, lse, 0.8),
-        "warp_loss_fwd_triton": (q.detach().requires_grad_(True), aux.detach().requires_grad_(True), src_xy,
-                                 tgt_xy, 0.5, 0.8),
-        "warp_loss_bwd_triton": (grad_rows, q.detach(), aux.detach(), src_xy, tgt_xy, rows, wlse, 0.5, 0.8),
-    }
-
-
-@pytest.mark.parametrize("name", ["exchange_fwd_triton", "exchange_bwd_triton", "warp_loss_fwd_triton",
-                                  "warp_loss_bwd_triton"])
-def test_opcheck(name):
-    args = _op_args()[name]
-    torch.library.opcheck(getattr(torch.ops.dve_kernels, name), args)
-
-
-def test_op_schemas():
-    """The same argument lists as the CPU backend's ops (python/ registers ``..._cpu``)."""
-    expected = {
-        "exchange_fwd_triton": "(Tensor query, Tensor aux, float scale) -> (Tensor, Tensor)",
-        "exchange_bwd_triton": "(Tensor grad_out, Tensor query, Tensor aux, Tensor out, Tensor lse, float scale)"
-                               " -> (Tensor, Tensor)",
-        "warp_loss_fwd_triton": "(Tensor src, Tensor tgt, Tensor src_xy, Tensor tgt_xy, float pow, float scale)"
-                                " -> (Tensor, Tensor)",
-        "warp_loss_bwd_triton": "(Tensor grad_rows, Tensor src, Tensor tgt, Tensor src_xy, Tensor tgt_xy, "
-                                "Tensor rows, Tensor lse, float pow, float scale) -> (Tensor, Tensor)",
-    }
-    for name, schema in expected.items():
-        got = str(getattr(torch.ops.dve_kernels, name).default._schema)
-        assert got == f"dve_kernels::{name}{schema}", got
-
-
-def test_torch_compile_fullgraph():
-    """torch.compile(fullgraph=True) traces through both ops, forward and backward, without graph breaks.
-
-    backend="aot_eager" runs Dynamo and AOTAutograd (which use register_fake and register_autograd) but
-    not Inductor's C++ code generation, which on this CPU-only CI adds a compiler run and tests nothing of ours.
-    """
-    src, tgt = _features(2, 17, 6, torch.float32), _features(2, 13, 6, torch.float32)
-    aux = _features(2, 19, 6, torch.float32)
-    src_xy, tgt_xy = _coords(2, 17, torch.float32), _coords(2, 13, torch.float32)
-
-    def dve_loss(s, t, a):
-        return ops.warp_loss_rows(ops.exchange(s, a, 1.0), t, src_xy, tgt_xy, 0.5, 1.0).mean()
-
-    torch._dynamo.reset()
-    compiled = torch.compile(dve_loss, fullgraph=True, backend="aot_eager")
-    eager_loss, eager_grads = _grads(dve_loss, [src, tgt, aux], torch.tensor(1.0))
-    compiled_loss, compiled_grads = _grads(compiled, [src, tgt, aux], torch.tensor(1.0))
-    torch.testing.assert_close(compiled_loss, eager_loss)
-    for g1, g2 in zip(compiled_grads, eager_grads):
-        torch.testing.assert_close(g1, g2)
