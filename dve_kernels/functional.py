@@ -60,6 +60,8 @@ def resolve_backend(backend: str, device: torch.device) -> str:
     (the Triton kernels in Triton's interpreter) or ``"dense"``; a :class:`BackendUnavailableError` says why not."""
     if backend == "reference":
         return _DENSE
+    if device.type == "meta":  # shapes only: the ops' fake kernels (memory estimates without computing)
+        return _FUSED
     if backend == "auto":
         if device.type == "cuda":
             _load_triton()

@@ -202,6 +202,7 @@ def test_normalized_vectors_and_huge_logits(op, scale):
         _check_warp(shape, 0.5, scale, normalize=True, dtype=torch.float64)
 
 
+@pytest.mark.slow
 def test_many_tiles(monkeypatch):
     """Tiles of 16 so that rows, columns and their masked remainders span several programs and loop steps."""
     small = _launch.LaunchConfig(block_n=16, block_m=16, num_warps=4, num_stages=2)
@@ -336,6 +337,7 @@ def test_float16_non_finite_coordinates_give_non_finite_rows():
 
 
 
+@pytest.mark.slow
 @settings(max_examples=12, deadline=None, derandomize=True)
 @given(batch=st.integers(1, 2), n=st.integers(1, 40), m=st.integers(1, 40), c=st.integers(1, 40),
        pow=st.sampled_from(POWS), scale=st.floats(0.05, 3.0))
