@@ -14,7 +14,6 @@ from dve_kernels.train.checkpoint import load_run
 from dve_kernels.train.data import build_dataset
 from dve_kernels.train.evaluate import fit_landmark_regressor, landmark_error_iod, matching_errors
 from dve_kernels.train.models import match_keypoints
-from dve_kernels.warps import unnormalize_pixels
 
 REPO = Path(__file__).resolve().parents[1]
 

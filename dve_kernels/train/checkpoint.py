@@ -75,7 +75,8 @@ def load_checkpoint(path, map_location="cpu") -> dict:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as error:
         raise CheckpointError(f"checkpoint {path} holds objects other than tensors and plain containers, so it "
-                              f"was not written by dve_kernels.train; refusing to unpickle it ({_reason(error)})") from None
+                              f"was not written by dve_kernels.train; refusing to unpickle it "
+                              f"({_reason(error)})") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as error:
         raise CheckpointError(f"checkpoint {path} is truncated or not a PyTorch file "
                               f"({type(error).__name__}: {error})") from None

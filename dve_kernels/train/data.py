@@ -108,7 +108,8 @@ class _Base(Dataset):
 class SyntheticFaces(_Base):
     """Procedural faces (see :mod:`.synthetic`), deterministic from ``seed``; ``split`` train or test.
 
-    ``root``: if given, the rendered set is cached there as ``synthetic-<split>-<seed>-<count>-<imwidth>[-m<marks>].npz``;
+    ``root``: if given, the rendered set is cached there as
+    ``synthetic-<split>-<seed>-<count>-<imwidth>[-m<marks>].npz``;
     ``marks``: identity-specific marks per face (see :mod:`.synthetic`).
     """
 

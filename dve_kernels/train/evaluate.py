@@ -7,8 +7,8 @@
   landmark). The errors are the mean Euclidean distances in input pixels.
 - Landmark regression (section 4.1, the original's ``IntermediateKeypointPredictor``): on frozen embeddings, for
   each landmark 50 learned 1x1 filters give 50 heatmaps, a spatial softmax and soft-argmax turn them into 50
-  (x, y) points, and a linear map of those 100 numbers gives the landmark. Fitted on the annotated training split, reported on the test split as the mean error in
-  percent of the inter-ocular distance.
+  (x, y) points, and a linear map of those 100 numbers gives the landmark. Fitted on the annotated training
+  split, reported on the test split as the mean error in percent of the inter-ocular distance.
 
 Run as ``python -m dve_kernels.train.evaluate RUN_DIR`` to evaluate a run's checkpoint again.
 """

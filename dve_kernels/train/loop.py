@@ -201,8 +201,9 @@ class Trainer:
     def _checkpoint_due(self) -> bool:
         config = self.config
         by_step = config.checkpoint_every and self.global_step % config.checkpoint_every == 0
-        by_time = config.checkpoint_minutes and time.monotonic() - self._last_checkpoint >= 60 * config.checkpoint_minutes
-        due = torch.tensor(int(bool(by_step or by_time)))
+        elapsed = time.monotonic() - self._last_checkpoint
+        by_time = config.checkpoint_minutes and elapsed >= 60 * config.checkpoint_minutes
+        due = torch.tensor(int(bool(by_step or by_time)), device=self.device)
         if self.world > 1:  # every process must agree, or the barrier hangs
             dist.broadcast(due, 0)
         return bool(due)

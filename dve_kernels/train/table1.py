@@ -77,9 +77,17 @@ def summarise(rows: list) -> dict:
     return table
 
 
+def _cpu_name() -> str:
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        return next(line.split(":", 1)[1].strip() for line in lines if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
 def _markdown(table: dict, command: str, base: dict, seconds: float) -> str:
     lines = ["# Table 1 on the built-in synthetic faces", "",
-             f"Command: `{command}`  ", f"Machine: {platform.machine()} {platform.processor() or ''}, "
+             f"Command: `{command}`  ", f"Machine: {_cpu_name()}, "
              f"{os.cpu_count()} cores, torch {torch.__version__}, 1 thread; wall time {seconds / 60:.1f} min.  ",
              "Settings: " + ", ".join(f"{k}={v}" for k, v in sorted(base.items())
                                      if k not in ("embedding_dim", "dve", "seed")), "",
