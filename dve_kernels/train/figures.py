@@ -6,6 +6,7 @@ This module draws; it imports no other training module than models and data (eva
 from __future__ import annotations
 
 import json
+import textwrap
 from pathlib import Path
 from typing import Optional
 
@@ -17,10 +18,10 @@ from .models import embed, match_keypoints
 
 __all__ = ["draw_matches", "draw_comparison", "draw_loss_curve", "reference_points", "MATCH_CAPTION"]
 
-MATCH_CAPTION = ("Left: a test image with the points to follow (coloured dots; the first are its annotated "
+MATCH_CAPTION = ("Left: a test image with the points to follow (coloured dots; the ringed ones are its annotated "
                  "landmarks). Other columns: other identities; a dot is the pixel whose embedding is nearest to "
                  "the same-coloured point's, a ring of that colour the image's own annotated landmark "
-                 "(ground truth): a good embedding puts each landmark dot inside its ring.")
+                 "(ground truth): a good embedding puts each landmark's dot inside its ring.")
 
 
 def _pyplot():
@@ -59,7 +60,7 @@ def _draw_rows(runs, images, keypoints, config, path, title: Optional[str] = Non
     count = images.shape[0]
     points = reference_points(keypoints[0], config.imwidth, config.crop, seed=config.seed)
     landmarks = keypoints.shape[1]
-    colours = plt.get_cmap("hsv")(np.linspace(0, 1, len(points), endpoint=False))
+    colours = plt.get_cmap("tab20")(np.arange(len(points)) % 20)
     fig, axes = plt.subplots(len(runs), count, figsize=(2.2 * count, 2.3 * len(runs) + 0.9), squeeze=False)
     for row, (label, model) in enumerate(runs):
         feats = embed(model.eval(), images, next(model.parameters()).device)
@@ -70,10 +71,12 @@ def _draw_rows(runs, images, keypoints, config, path, title: Optional[str] = Non
             where = points if i == 0 else match_keypoints(feats[0], feats[i], points, stride)
             ax.scatter(where[:, 0].numpy(), where[:, 1].numpy(), c=colours, s=20, edgecolors="white",
                        linewidths=0.5)
-            if i and landmarks:
+            if landmarks:
                 truth = keypoints[i].numpy()
                 ax.scatter(truth[:, 0], truth[:, 1], s=90, facecolors="none", edgecolors=colours[:landmarks],
                            linewidths=1.6)
+            ax.set_xlim(-0.5, images.shape[-1] - 0.5)
+            ax.set_ylim(images.shape[-2] - 0.5, -0.5)
             ax.set_xticks([])
             ax.set_yticks([])
             if i == 0:
@@ -82,8 +85,9 @@ def _draw_rows(runs, images, keypoints, config, path, title: Optional[str] = Non
                 ax.set_title("reference" if i == 0 else f"other identity {i}", fontsize=8)
     if title:
         fig.suptitle(title, fontsize=10)
-    fig.text(0.01, 0.01, MATCH_CAPTION, fontsize=7, wrap=True, va="bottom")
+    fig.text(0.01, 0.01, textwrap.fill(MATCH_CAPTION, 30 * count), fontsize=7, va="bottom")
     fig.tight_layout(rect=(0, 0.12 if len(runs) == 1 else 0.06, 1, 1))
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return str(path)

@@ -24,7 +24,7 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from .checkpoint import load_run
+from .checkpoint import CHECKPOINT_NAME, load_run
 from .config import PRESETS, TrainConfig
 from .figures import _pyplot, draw_comparison
 from .evaluate import evaluate_run
@@ -52,7 +52,8 @@ def run_table(base: dict, seeds: Sequence[int], runs: Path, out: Path, progress:
             if not (run_dir / "metrics.json").is_file():
                 started = time.time()
                 config = _run_config(base, dim, dve, seed)
-                trainer = Trainer(config, run_dir, progress=progress)
+                resume = "auto" if (run_dir / CHECKPOINT_NAME).is_file() else None  # an interrupted table
+                trainer = Trainer(config, run_dir, resume=resume, progress=progress)
                 trainer.run()
                 evaluate_run(trainer.model, config, run_dir, figures=False, progress=progress)
                 print(f"{run_dir.name}: {time.time() - started:.0f} s", file=sys.stderr, flush=True)
