@@ -112,6 +112,7 @@ def test_landmark_error_iod_known_numbers():
     assert abs(landmark_error_iod(shifted, truth) - 50.0) < 1e-5
 
 
+@pytest.mark.slow  # hundreds of regressor steps / a training subprocess: the second tier
 def test_landmark_regression_recovers_a_linear_map_of_soft_argmax_points():
     # Embeddings with one peaked channel per landmark at its position: the 50-point regressor can recover the
     # landmarks almost exactly.
@@ -135,6 +136,7 @@ def test_landmark_regression_recovers_a_linear_map_of_soft_argmax_points():
     assert (predicted - keypoints[64:]).norm(dim=-1).mean() > 4 * error
 
 
+@pytest.mark.slow  # hundreds of regressor steps / a training subprocess: the second tier
 def test_evaluate_cli_on_a_checkpoint(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
     common = ["--imwidth", "28", "--crop", "4", "--model-width", "0.25", "-C", "8", "--train-count", "16",

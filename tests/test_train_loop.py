@@ -43,6 +43,7 @@ def _tiny_config(**overrides):
     return config
 
 
+@pytest.mark.slow  # subprocesses or a full train-evaluate-draw cycle: the second tier
 def test_short_training_run_decreases_the_loss_and_evaluates(tmp_path):
     config = _tiny_config(epochs=6, lr=3e-3, lr_milestones=[], eval_pairs=6, regression_train=16,
                           regression_test=16, regression_steps=30)
@@ -97,6 +98,7 @@ def test_checkpoint_is_weights_only_complete_and_bad_ones_are_named(tmp_path):
         load_checkpoint(tmp_path / "missing.pt")
 
 
+@pytest.mark.slow  # subprocesses or a full train-evaluate-draw cycle: the second tier
 def test_resume_after_sigkill_is_bitwise_equal(tmp_path):
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     args = ["-m", "dve_kernels.train", "--preset", "demo", *TINY, "--epochs", "50", "--checkpoint-every", "2",
@@ -165,6 +167,7 @@ def test_used_out_changed_settings_and_bad_folders_are_refused_before_any_work(t
     assert "bad.pt is empty" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # subprocesses or a full train-evaluate-draw cycle: the second tier
 def test_ddp_two_cpu_processes(tmp_path):
     out = tmp_path / "ddp"
     done = _run(["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "dve_kernels.train",
@@ -175,7 +178,7 @@ def test_ddp_two_cpu_processes(tmp_path):
     losses = _losses(out)
     assert len(losses) == 8 and all(0 < value < 10 for value in losses)
     # Resuming with another number of processes would change the data order: refused.
-    single = _run(["-m", "dve_kernels.train", "--out", str(out), "--resume", "--epochs", "3"])
+    single = _run(["-m", "dve_kernels.train", "--out", str(out), "--resume", "--max-steps", "10"])
     assert single.returncode == 2 and "written by 2 processes" in single.stderr, single.stderr[-2000:]
 
 
