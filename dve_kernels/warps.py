@@ -7,9 +7,13 @@ This is the transformation family of the DVE paper (section 4.1, the random TPS 
   (``d²`` the squared distance, as in the original);
 - per warp: every control weight ``~ N(0, warpsd_all)``, then a random half of them re-drawn
   ``~ N(0, warpsd_subset)``; an affine part with rotation ``~ N(0, rotsd)`` degrees, scale ``1 + N(0, scalesd)``
-  and translations ``~ N(0, transsd)`` (normalised units); all spreads multiplied by ``im1_multiplier``;
+  and translations ``~ N(0, transsd)`` (normalised units);
 - the double warp: ``x' = sample(image, g1)`` and ``x = sample(x', g2)`` with two independent warps, so that
-  neither image of the pair is the unwarped original; the pair's ``grid`` is ``g2``;
+  neither image of the pair is the unwarped original; the pair's ``grid`` is ``g2``. As in the original, the
+  first warp's *TPS* spreads (``warpsd_all``, ``warpsd_subset``) are multiplied by ``im1_multiplier`` (0.5) and
+  its affine spreads are not; the second warp uses the spreads as given. With the defaults: warp 1 draws
+  (warpsd_all, warpsd_subset, transsd, scalesd, rotsd) = (0.0005, 0.005, 0.1, 0.1, 5°), warp 2
+  (0.001, 0.01, 0.1, 0.1, 5°) (SPEC.md section 2);
 - the crop: both images lose ``crop`` pixels on every side *after* warping (so no black borders are seen),
   and the grid is re-expressed in the cropped frame.
 
@@ -212,7 +216,8 @@ class TPSWarper:
 
     Args:
         warpsd_all, warpsd_subset, transsd, scalesd, rotsd: spreads of the random warps (see module docstring).
-        im1_multiplier: multiplies every spread, for each of the two warps (the original's 0.5).
+        im1_multiplier: multiplies the TPS spreads (``warpsd_all``, ``warpsd_subset``) of the first warp only
+            (the original's 0.5); the affine spreads and the second warp are not scaled.
         crop: pixels removed on every side after warping.
         num_control: control points per side.
 
@@ -249,12 +254,16 @@ class TPSWarper:
             self._basis_cache = {key: (control, tps_basis(height, width, control))}  # keep only the latest size
         return self._basis_cache[key]
 
-    def sample_weights(self, batch: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-        """``(B, K + 3, 2)`` float64 CPU parameters of one random warp per image (spreads times im1_multiplier)."""
-        a = self.im1_multiplier
-        return random_tps_weights(batch, self.num_control, warpsd_all=a * self.warpsd_all,
-                                  warpsd_subset=a * self.warpsd_subset, transsd=a * self.transsd,
-                                  scalesd=a * self.scalesd, rotsd=a * self.rotsd, generator=generator)
+    def spreads(self, first: bool) -> dict:
+        """The spreads of the first (``first=True``) or second warp: ``im1_multiplier`` scales the first's TPS."""
+        a = self.im1_multiplier if first else 1.0
+        return dict(warpsd_all=a * self.warpsd_all, warpsd_subset=a * self.warpsd_subset, transsd=self.transsd,
+                    scalesd=self.scalesd, rotsd=self.rotsd)
+
+    def sample_weights(self, batch: int, generator: Optional[torch.Generator] = None,
+                       first: bool = True) -> torch.Tensor:
+        """``(B, K + 3, 2)`` float64 CPU parameters of one random warp per image (see :meth:`spreads`)."""
+        return random_tps_weights(batch, self.num_control, generator=generator, **self.spreads(first))
 
     def __call__(self, images: torch.Tensor, keypoints: Optional[torch.Tensor] = None, *,
                  generator: Optional[torch.Generator] = None) -> WarpedPairs:
@@ -271,8 +280,8 @@ class TPSWarper:
             raise ValueError(f"keypoints must be (B={batch}, P, 2) pixel (x, y), got {tuple(keypoints.shape)}")
 
         device = images.device
-        weights1 = self.sample_weights(batch, generator)
-        weights2 = self.sample_weights(batch, generator)
+        weights1 = self.sample_weights(batch, generator, first=True)
+        weights2 = self.sample_weights(batch, generator, first=False)
         # Grids are computed in float32 (float64 for float64 images) where the images are.
         coord_dtype = torch.float64 if images.dtype == torch.float64 else torch.float32
         w1 = weights1.to(device=device, dtype=coord_dtype)

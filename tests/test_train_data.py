@@ -54,6 +54,23 @@ def test_synthetic_faces_are_deterministic_and_varied(tmp_path):
     assert kp.min() > 0 and kp.max() < 47
 
 
+def test_synthetic_marks_change_only_the_face_and_are_identity_specific(tmp_path):
+    plain, plain_kp = render_face(0, 3, 64)
+    marked, marked_kp = render_face(0, 3, 64, marks=30)
+    other, _ = render_face(0, 4, 64, marks=30)
+    assert np.array_equal(plain_kp, marked_kp)  # same face, same landmarks: the marks have their own stream
+    changed = np.abs(plain.astype(int) - marked.astype(int)).max(-1) > 30
+    assert changed.sum() > 60, changed.sum()  # 30 marks of about 1.5 px radius at this size
+    ys, xs = np.nonzero(changed)
+    centre = plain_kp.mean(0)
+    eye_gap = np.linalg.norm(plain_kp[1] - plain_kp[0])
+    assert np.hypot(xs - centre[0], ys - centre[1]).max() < 3.2 * eye_gap  # on the face and hair only
+    changed_other = np.abs(render_face(0, 4, 64)[0].astype(int) - other.astype(int)).max(-1) > 30
+    assert (changed & changed_other).sum() < 0.5 * changed.sum()  # other identities: marks elsewhere
+    SyntheticFaces(tmp_path, "train", imwidth=32, count=2, seed=1, marks=30)
+    assert (tmp_path / "synthetic-train-1-2-32-m30.npz").is_file()
+
+
 def test_synthetic_eye_landmarks_sit_on_the_pupils():
     # Pupils are drawn black and centred on the eye landmarks: the landmark pixel is the darkest around it.
     for index in range(6):

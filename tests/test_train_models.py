@@ -56,10 +56,14 @@ def test_hourglass_full_size_and_bad_input():
 
 
 def test_build_model():
-    assert isinstance(build_model("smallnet", 3), SmallNet)
-    assert isinstance(build_model("hourglass", 3, planes=8, stem_planes=4), Hourglass)
+    from dve_kernels.train.config import TrainConfig
+
+    net = build_model(TrainConfig(model="smallnet", embedding_dim=3, model_width=0.5))
+    assert isinstance(net, SmallNet) and net.head.out_channels == 3 and net.head.in_channels == 128
+    net = build_model(TrainConfig(model="hourglass", embedding_dim=5))
+    assert isinstance(net, Hourglass) and net.embedding_dim == 5
     with pytest.raises(ValueError, match="model must be one of"):
-        build_model("resnet", 3)
+        build_model(TrainConfig(model="resnet"))
     with pytest.raises(ValueError, match="embedding_dim"):
         SmallNet(0)
 
@@ -67,7 +71,9 @@ def test_build_model():
 def test_highres_preset_gives_128x128_embeddings():
     from dve_kernels.train.config import PRESETS
 
+    from dve_kernels.train.config import TrainConfig
+
     preset = PRESETS["highres"]
-    net = build_model(preset["model"], preset["embedding_dim"]).to("meta")
+    net = build_model(TrainConfig.from_dict(preset)).to("meta")
     size = preset["imwidth"] - 2 * preset["crop"]
     assert net(torch.empty(2, 3, size, size, device="meta")).shape == (2, 64, 128, 128)

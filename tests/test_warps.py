@@ -2,7 +2,6 @@
 
 import math
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -36,6 +35,39 @@ def test_original_defaults():
     assert control.min() == -1 and control.max() == 1
     basis = warps.tps_basis(7, 9, control)
     assert basis.shape == (63, 103)
+
+
+#: The original's ``Warper`` (utils/tps.py) with its defaults: (warpsd_all, warpsd_subset, transsd, scalesd, rotsd)
+#: of the first warp (0.5 multiplies its TPS spreads only) and of the second. Written out, not derived.
+ORIGINAL_WARP_1 = dict(warpsd_all=0.0005, warpsd_subset=0.005, transsd=0.1, scalesd=0.1, rotsd=5.0)
+ORIGINAL_WARP_2 = dict(warpsd_all=0.001, warpsd_subset=0.01, transsd=0.1, scalesd=0.1, rotsd=5.0)
+
+
+def test_the_two_warps_use_the_originals_spreads():
+    warper = TPSWarper()
+    assert warper.spreads(first=True) == pytest.approx(ORIGINAL_WARP_1, rel=1e-12)
+    assert warper.spreads(first=False) == pytest.approx(ORIGINAL_WARP_2, rel=1e-12)
+    # End to end: a pair is x' = sample(image, g1), x = sample(x', g2), g1 and g2 drawn (in that order, from the
+    # same generator) with exactly those spreads; the returned grid is g2.
+    size = 24
+    images = torch.rand(3, 2, size, size, dtype=torch.float64)
+    out = warper(images, generator=torch.Generator().manual_seed(5))
+    g = torch.Generator().manual_seed(5)
+    w1 = warps.random_tps_weights(3, generator=g, **ORIGINAL_WARP_1)
+    w2 = warps.random_tps_weights(3, generator=g, **ORIGINAL_WARP_2)
+    control = warps.tps_control_points(dtype=torch.float64)
+    g1, g2 = warps.tps_grid(w1, size, size, control), warps.tps_grid(w2, size, size, control)
+    x_prime = F.grid_sample(images, g1, align_corners=True)
+    assert torch.allclose(out.grid, g2, atol=1e-12), (out.grid - g2).abs().max()
+    assert torch.allclose(out.x_prime, x_prime, atol=1e-12)
+    assert torch.allclose(out.x, F.grid_sample(x_prime, g2, align_corners=True), atol=1e-12)
+    # The measured spreads of 20,000 draws: rotation 5 degrees and translation 0.1 in both warps (not halved).
+    for first, spreads in ((True, ORIGINAL_WARP_1), (False, ORIGINAL_WARP_2)):
+        w = warper.sample_weights(20000, torch.Generator().manual_seed(1), first=first)
+        rot = torch.atan2(w[:, 102, 0], w[:, 101, 0]) * 180 / math.pi
+        assert abs(rot.std().item() - spreads["rotsd"]) < 0.2, (first, rot.std().item())
+        assert abs(w[:, 100].std().item() - spreads["transsd"]) < 0.004, (first, w[:, 100].std().item())
+        assert torch.equal(w, warps.random_tps_weights(20000, generator=torch.Generator().manual_seed(1), **spreads))
 
 
 def test_weight_statistics_follow_the_spreads():
@@ -98,16 +130,17 @@ def test_grid_maps_x_into_x_prime(crop):
 
 
 def test_keypoints_follow_the_image_content():
-    points = [(12.0, 14.0), (30.5, 15.0), (21.0, 26.0), (14.0, 33.0), (29.0, 32.5)]
-    images = _blob_images(4, 48, points)
+    # Small blobs well inside 64x64 images: the original's warps (5 degrees, 10% scale and shift) keep them whole.
+    points = [(16.0, 18.5), (40.5, 20.0), (28.0, 34.5), (18.5, 44.0), (38.5, 43.5)]
+    images = _blob_images(4, 64, points, sigma=1.5)
     kp = torch.tensor(points, dtype=torch.float64).expand(4, -1, -1).clone()
-    out = TPSWarper(crop=6)(images, kp, generator=torch.Generator().manual_seed(3))
+    out = TPSWarper(crop=8)(images, kp, generator=torch.Generator().manual_seed(3))
     assert out.keypoints_x.shape == out.keypoints_x_prime.shape == (4, 5, 2)
     for image, keypoints in ((out.x, out.keypoints_x), (out.x_prime, out.keypoints_x_prime)):
         found = _centroids(image)
         assert (found - keypoints).abs().max() < 0.25, (found - keypoints).abs().max()
     # Keypoints moved by more than the tolerance, so the test can tell a wrong inversion.
-    assert (out.keypoints_x - (kp - 6)).abs().max() > 1.0
+    assert (out.keypoints_x - (kp - 8)).abs().max() > 1.0
 
 
 def test_keypoint_inversion_is_exact_and_agrees_with_nearest_pixel_search():

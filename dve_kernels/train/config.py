@@ -1,49 +1,65 @@
-"""Training configuration: the presets and the command-line flags that override them."""
+"""Training configuration: one dataclass whose fields (with their help) are also the command-line flags."""
 
 from __future__ import annotations
 
 import argparse
-from dataclasses import asdict, dataclass, field, fields
-from typing import List, Optional
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from typing import List, Optional, get_type_hints
 
-__all__ = ["TrainConfig", "PRESETS", "build_parser", "config_from_args"]
+__all__ = ["TrainConfig", "PRESETS", "build_parser", "config_from_args", "validate_config", "RESUMABLE_FIELDS"]
+
+
+def _f(default, help: str, **extra):
+    """A config field with its ``--help`` text (and optional argparse ``choices`` / ``short`` flag)."""
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=dict(help=help, **extra))
+    return field(default=default, metadata=dict(help=help, **extra))
 
 
 @dataclass
 class TrainConfig:
     # what to learn
-    model: str = "smallnet"
-    embedding_dim: int = 64
-    dve: bool = True
-    num_aux: int = 1
-    pow: float = 0.5
-    backend: str = "auto"
+    model: str = _f("smallnet", "network: SmallNet (the paper's Table 1) or a single-stack Hourglass",
+                    choices=("smallnet", "hourglass"))
+    embedding_dim: int = _f(64, "embedding channels C", short="-C")
+    model_width: float = _f(1.0, "SmallNet channel multiplier (1 = the paper's layer sizes)")
+    dve: bool = _f(True, "on: the DVE loss (eq. 6); off: the plain warp loss (eq. 3)")
+    num_aux: int = _f(1, "auxiliary images per pair in the DVE exchange")
+    pow: float = _f(0.5, "exponent of the pixel distance in the loss")
+    backend: str = _f("auto", "loss kernels: auto (triton on CUDA, the C++ kernels on CPU), triton, cpu, or "
+                              "reference (the dense formulation)", choices=("auto", "triton", "cpu", "reference"))
     # data
-    dataset: str = "synthetic"
-    data_root: Optional[str] = None
-    imwidth: int = 100        # images are resized to imwidth x imwidth, warped, then cropped
-    crop: int = 15            # pixels removed on every side after warping: network input = imwidth - 2 crop
-    train_count: int = 20000  # synthetic faces: training identities
-    test_count: int = 1000    # synthetic faces: test identities
-    color_jitter: float = 0.4
-    # optimisation (the paper: Adam, lr 1e-3, no weight decay, 100 epochs)
-    epochs: int = 100
-    max_steps: Optional[int] = None
-    batch_size: int = 32      # pairs per step, over all processes
-    lr: float = 1e-3
-    lr_milestones: List[float] = field(default_factory=lambda: [0.7, 0.9])  # fractions of the epochs
-    lr_gamma: float = 0.1
-    amsgrad: bool = True
-    amp: bool = True          # mixed precision on CUDA (ignored on CPU)
-    seed: int = 0
-    workers: int = 0
-    checkpoint_every: int = 0  # also checkpoint every N steps (0: only at the end of every epoch)
+    dataset: str = _f("synthetic", "synthetic (built in), folder (any images, no landmarks), celeba (+MAFL), aflw "
+                                   "(MTFL-style) or 300w", choices=("synthetic", "folder", "celeba", "aflw", "300w"))
+    data_root: Optional[str] = _f(None, "the dataset's folder in its published layout; for synthetic, the folder "
+                                        "where rendered faces are cached (default <out>/data)")
+    imwidth: int = _f(100, "images are resized to this square size, then warped")
+    crop: int = _f(15, "pixels cut from every side after warping (network input = imwidth - 2 crop)")
+    train_count: int = _f(20000, "synthetic faces: training identities")
+    test_count: int = _f(1000, "synthetic faces: test identities")
+    face_marks: int = _f(0, "synthetic faces: random coloured marks on every face (an identity-specific texture)")
+    data_seed: Optional[int] = _f(None, "synthetic faces: seed of the rendered identities (default: --seed)")
+    color_jitter: float = _f(0.4, "brightness/contrast/saturation jitter of each image of a pair")
+    # optimisation (the paper: Adam, lr 1e-3, no weight decay)
+    epochs: int = _f(100, "training epochs")
+    max_steps: Optional[int] = _f(None, "stop after this many optimizer steps (then checkpoint, evaluate, draw)")
+    batch_size: int = _f(32, "image pairs per step over all processes")
+    lr: float = _f(1e-3, "Adam learning rate")
+    lr_milestones: List[float] = _f([0.7, 0.9], "fractions of --epochs where the learning rate is multiplied by "
+                                                "--lr-gamma")
+    lr_gamma: float = _f(0.1, "learning-rate factor at each milestone")
+    amsgrad: bool = _f(True, "AMSGrad variant of Adam (the original's)")
+    amp: bool = _f(True, "mixed precision on CUDA (bf16 where supported, else fp16 with grad scaling); ignored "
+                         "on CPU")
+    seed: int = _f(0, "seed of the initialisation, the data order, the warps and the jitter")
+    workers: int = _f(0, "data-loader worker processes")
+    checkpoint_every: int = _f(100, "checkpoint every N steps (0: off); also at every epoch's end")
+    checkpoint_minutes: float = _f(5.0, "checkpoint when this many minutes passed since the last one (0: off)")
     # evaluation
-    eval_pairs: int = 500
-    regression_train: int = 2000
-    regression_test: int = 1000
-    regression_steps: int = 1500
-    model_width: float = 1.0   # SmallNet channel multiplier (1.0 = the paper's)
+    eval_pairs: int = _f(500, "test pairs for the matching errors")
+    regression_train: int = _f(2000, "annotated images the landmark regressor is fitted on")
+    regression_test: int = _f(1000, "test images of the landmark error")
+    regression_steps: int = _f(1500, "optimizer steps of the landmark regressor")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -54,14 +70,23 @@ class TrainConfig:
         return cls(**{k: v for k, v in values.items() if k in known})
 
     @property
+    def faces_seed(self) -> int:
+        return self.seed if self.data_seed is None else self.data_seed
+
+    @property
     def input_size(self) -> int:
         return self.imwidth - 2 * self.crop
 
 
+#: Fields that ``--resume`` may change: they do not alter what the run learns.
+RESUMABLE_FIELDS = frozenset({"max_steps", "workers", "checkpoint_every", "checkpoint_minutes", "data_root",
+                              "backend", "eval_pairs", "regression_train", "regression_test", "regression_steps"})
+
 PRESETS = {
-    # Runs end to end (train, evaluate, draw) on a 2-core CPU in about ten minutes.
+    # Runs end to end (train, evaluate, draw) on a 2-core CPU in a few minutes: 40x40 inputs, 20x20 embeddings,
+    # faces with identity-specific marks (the benchmark on which DVE's claim is testable, see the README).
     "demo": dict(model="smallnet", model_width=0.5, embedding_dim=64, dataset="synthetic", imwidth=56, crop=8,
-                 train_count=2000, test_count=400, epochs=6, batch_size=16, lr=1e-3, lr_milestones=[0.8],
+                 face_marks=30, train_count=2000, test_count=400, epochs=6, batch_size=16, lr=1e-3, lr_milestones=[0.8],
                  eval_pairs=200, regression_train=400, regression_test=200, regression_steps=400),
     # The paper's SmallNet: 100x100 images cropped to 70x70 -> 35x35 embeddings (configs/celeba/smallnet-64d-dve).
     "smallnet": dict(model="smallnet", embedding_dim=64, imwidth=100, crop=15, epochs=100, batch_size=32,
@@ -84,59 +109,56 @@ def _bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected a boolean (on/off, true/false, 1/0), got {text!r}")
 
 
+def _preset_values(name: str) -> str:
+    return ", ".join(f"{key}={value}" for key, value in PRESETS[name].items())
+
+
 def build_parser() -> argparse.ArgumentParser:
+    """The flags: ``--preset``, ``--out``, ``--resume``, ``--no-eval`` and one flag per :class:`TrainConfig` field."""
+    presets = "; ".join(f"{name}: {_preset_values(name)}" for name in PRESETS)
     parser = argparse.ArgumentParser(
         prog="python -m dve_kernels.train",
         description="Learn dense landmark embeddings with DVE (Thewlis et al., ICCV 2019), evaluate them "
-                    "(matching and landmark regression) and draw them. Flags override the preset.")
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="demo")
-    parser.add_argument("--out", default=None, help="run directory (default runs/<preset>)")
+                    "(matching and landmark regression) and draw them. Flags override the preset; a field's "
+                    "default below is used when neither sets it.")
+    parser.add_argument("--preset", choices=sorted(PRESETS), default=None,
+                        help=f"starting values (default demo; on --resume, the checkpoint's). {presets}")
+    parser.add_argument("--out", default=None, help="run directory (default runs/<preset>); a fresh run refuses "
+                                                    "one that already holds a run")
     parser.add_argument("--resume", nargs="?", const="auto", default=None,
-                        help="continue from a checkpoint (default: <out>/checkpoint.pt)")
+                        help="continue from a checkpoint (default: <out>/checkpoint.pt) with the run's settings; "
+                             f"only {', '.join(sorted(RESUMABLE_FIELDS))} may change")
     parser.add_argument("--no-eval", action="store_true", help="train only")
-    add = parser.add_argument
-    add("--model", choices=["smallnet", "hourglass"])
-    add("--embedding-dim", "-C", dest="embedding_dim", type=int)
-    add("--dve", type=_bool, help="on: DVE loss (eq. 6); off: the plain warp loss (eq. 3)")
-    add("--num-aux", dest="num_aux", type=int)
-    add("--pow", type=float)
-    add("--backend", choices=["auto", "triton", "cpu", "reference"],
-        help="loss backend: auto = triton on CUDA, the C++ kernels on CPU; reference = the dense path")
-    add("--dataset", choices=["synthetic", "folder", "celeba", "aflw", "300w"],
-        help="synthetic (built in, default), folder (any images), celeba (+MAFL), aflw (MTFL-style), 300w")
-    add("--data-root", dest="data_root", help="the dataset's folder in its published layout")
-    add("--imwidth", type=int, help="images are resized to this square size before warping")
-    add("--crop", type=int, help="pixels cut from every side after warping (input = imwidth - 2 crop)")
-    add("--train-count", dest="train_count", type=int)
-    add("--test-count", dest="test_count", type=int)
-    add("--color-jitter", dest="color_jitter", type=float)
-    add("--epochs", type=int, help="training epochs")
-    add("--max-steps", dest="max_steps", type=int,
-        help="stop after this many optimizer steps (still checkpoints, evaluates and draws)")
-    add("--batch-size", dest="batch_size", type=int, help="image pairs per step over all processes")
-    add("--lr", type=float)
-    add("--lr-milestones", dest="lr_milestones", type=float, nargs="*",
-        help="epochs (as fractions of --epochs) where the learning rate is multiplied by --lr-gamma")
-    add("--lr-gamma", dest="lr_gamma", type=float)
-    add("--amp", type=_bool, help="mixed precision on CUDA (bf16 where supported, else fp16 + grad scaling)")
-    add("--seed", type=int)
-    add("--workers", type=int)
-    add("--checkpoint-every", dest="checkpoint_every", type=int,
-        help="also checkpoint every N steps (checkpoints are always written at the end of every epoch)")
-    add("--eval-pairs", dest="eval_pairs", type=int, help="test pairs for the matching errors")
-    add("--regression-train", dest="regression_train", type=int)
-    add("--regression-test", dest="regression_test", type=int)
-    add("--regression-steps", dest="regression_steps", type=int)
-    add("--model-width", dest="model_width", type=float, help="SmallNet channel multiplier (1 = the paper's)")
+    hints = get_type_hints(TrainConfig)
+    for f in fields(TrainConfig):
+        kind = hints[f.name]
+        default = f.default if f.default is not MISSING else f.default_factory()
+        flags = [f"--{f.name.replace('_', '-')}"] + ([f.metadata["short"]] if "short" in f.metadata else [])
+        kwargs = dict(dest=f.name, default=None, help=f"{f.metadata['help']} (default {default})")
+        if kind is bool:
+            kwargs.update(type=_bool, metavar="on|off")
+        elif kind == List[float]:
+            kwargs.update(type=float, nargs="*")
+        else:
+            base = {Optional[int]: int, Optional[str]: str}.get(kind, kind)
+            kwargs.update(type=base)
+        if "choices" in f.metadata:
+            kwargs["choices"] = f.metadata["choices"]
+        parser.add_argument(*flags, **kwargs)
     return parser
 
 
-def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    values = dict(PRESETS[args.preset])
-    for f in fields(TrainConfig):
-        given = getattr(args, f.name, None)
-        if given is not None:
-            values[f.name] = given
+def given_overrides(args: argparse.Namespace) -> dict:
+    """The config fields set on the command line."""
+    return {f.name: getattr(args, f.name) for f in fields(TrainConfig) if getattr(args, f.name, None) is not None}
+
+
+def config_from_args(args: argparse.Namespace, base: Optional[dict] = None) -> TrainConfig:
+    """The preset (``demo`` unless given), or ``base`` (a checkpoint's config) when given, overridden by flags."""
+    values = dict(base) if base is not None else dict(PRESETS[args.preset or "demo"])
+    if base is not None and args.preset is not None:
+        values.update(PRESETS[args.preset])
+    values.update(given_overrides(args))
     config = TrainConfig.from_dict(values)
     validate_config(config)
     return config
@@ -152,3 +174,6 @@ def validate_config(config: TrainConfig) -> None:
             raise ValueError(f"{name} must be >= 1, got {getattr(config, name)}")
     if config.max_steps is not None and config.max_steps < 1:
         raise ValueError(f"max_steps must be >= 1, got {config.max_steps}")
+    if config.checkpoint_every < 0 or config.checkpoint_minutes < 0:
+        raise ValueError(f"checkpoint_every and checkpoint_minutes must be >= 0, got {config.checkpoint_every} and "
+                         f"{config.checkpoint_minutes}")

@@ -51,13 +51,10 @@ __all__ = [
     "Faces300W",
     "build_dataset",
     "DATASETS",
-    "IMAGE_MEAN",
-    "IMAGE_STD",
+    "stack_items",
+    "centre_cropped",
+    "config_dataset",
 ]
-
-#: The original repository's normalisation (CelebA statistics).
-IMAGE_MEAN = (0.5084, 0.4224, 0.3769)
-IMAGE_STD = (0.2599, 0.2371, 0.2323)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
@@ -111,13 +108,15 @@ class _Base(Dataset):
 class SyntheticFaces(_Base):
     """Procedural faces (see :mod:`.synthetic`), deterministic from ``seed``; ``split`` train or test.
 
-    ``root``: if given, the rendered set is cached there as ``synthetic-<split>-<seed>-<count>-<imwidth>.npz``.
+    ``root``: if given, the rendered set is cached there as
+    ``synthetic-<split>-<seed>-<count>-<imwidth>[-m<marks>].npz``;
+    ``marks``: identity-specific marks per face (see :mod:`.synthetic`).
     """
 
     _TEST_OFFSET = 10_000_000  # test identities never overlap the training ones
 
     def __init__(self, root=None, split: str = "train", imwidth: int = 100, count: int = 2000, seed: int = 0,
-                 **_):
+                 marks: int = 0, **_):
         if split not in ("train", "test"):
             raise ValueError(f"split must be 'train' or 'test', got {split!r}")
         if count < 1:
@@ -126,12 +125,12 @@ class SyntheticFaces(_Base):
         start = 0 if split == "train" else self._TEST_OFFSET
         cache = None
         if root is not None:
-            cache = Path(root) / f"synthetic-{split}-{seed}-{count}-{imwidth}.npz"
+            cache = Path(root) / f"synthetic-{split}-{seed}-{count}-{imwidth}{f'-m{marks}' if marks else ''}.npz"
         if cache is not None and cache.is_file():
             with np.load(cache) as data:
                 self.images, self.keypoints = data["images"], data["keypoints"]
         else:
-            self.images, self.keypoints = render_faces(seed, count, imwidth, start=start)
+            self.images, self.keypoints = render_faces(seed, count, imwidth, start=start, marks=marks)
             if cache is not None:
                 cache.parent.mkdir(parents=True, exist_ok=True)
                 tmp = cache.with_name(cache.name + f".tmp{os.getpid()}.npz")
@@ -397,11 +396,33 @@ SPLITS = {
 }
 
 
+def stack_items(dataset, indices: Sequence[int]):
+    """``(images (N, 3, S, S), keypoints (N, K, 2))`` of the given items."""
+    items = [dataset[i] for i in indices]
+    return torch.stack([it["image"] for it in items]), torch.stack([it["keypoints"] for it in items])
+
+
+def centre_cropped(dataset, count: int, crop: int):
+    """The first ``count`` items without warps, ``crop`` pixels cut from every side (keypoints moved with them)."""
+    images, keypoints = stack_items(dataset, range(min(count, len(dataset))))
+    size = images.shape[-1]
+    if crop:
+        images = images[:, :, crop:size - crop, crop:size - crop]
+    return images, keypoints - crop
+
+
 def data_root(config, out) -> Optional[str]:
     """``config.data_root``; for the synthetic faces without one, ``<out>/data`` (where the rendered set is cached)."""
     if config.data_root is None and config.dataset == "synthetic":
         return str(Path(out) / "data")
     return config.data_root
+
+
+def config_dataset(config, out, split: str, count: Optional[int] = None) -> Dataset:
+    """The configured dataset's ``split`` (``count`` synthetic faces) for a run in ``out``."""
+    return build_dataset(config.dataset, data_root(config, out), split, config.imwidth,
+                         **({} if count is None else dict(count=count)), seed=config.faces_seed,
+                         marks=config.face_marks)
 
 
 def build_dataset(name: str, root=None, split: str = "train", imwidth: int = 100, **kwargs) -> Dataset:

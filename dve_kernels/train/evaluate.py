@@ -7,8 +7,8 @@
   landmark). The errors are the mean Euclidean distances in input pixels.
 - Landmark regression (section 4.1, the original's ``IntermediateKeypointPredictor``): on frozen embeddings, for
   each landmark 50 learned 1x1 filters give 50 heatmaps, a spatial softmax and soft-argmax turn them into 50
-  (x, y) points, and a linear map of those 100 numbers gives the landmark. Fitted on the annotated training split, reported on the test split as the mean error in
-  percent of the inter-ocular distance.
+  (x, y) points, and a linear map of those 100 numbers gives the landmark. Fitted on the annotated training
+  split, reported on the test split as the mean error in percent of the inter-ocular distance.
 
 Run as ``python -m dve_kernels.train.evaluate RUN_DIR`` to evaluate a run's checkpoint again.
 """
@@ -21,61 +21,27 @@ import time
 from pathlib import Path
 from typing import Optional, Sequence
 
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from ..warps import TPSWarper
+from .checkpoint import CHECKPOINT_NAME, load_run
 from .config import TrainConfig
-from .data import SPLITS, build_dataset, data_root
+from .data import SPLITS, centre_cropped, config_dataset, stack_items
+from .figures import draw_loss_curve, draw_matches
+from .models import embed, match_keypoints
 
-__all__ = ["match_keypoints", "matching_errors", "LandmarkRegressor", "fit_landmark_regressor",
-           "landmark_error_iod", "evaluate_run", "main", "EVAL_WARP"]
+__all__ = ["matching_errors", "LandmarkRegressor", "fit_landmark_regressor", "landmark_error_iod",
+           "evaluate_run", "main", "EVAL_WARP"]
 
 #: The original's evaluation warps (test_matching.py): half the training spreads, one warp at full strength.
 EVAL_WARP = dict(warpsd_all=0.001 * 0.5, warpsd_subset=0.01 * 0.5, transsd=0.1 * 0.5, scalesd=0.1 * 0.5,
                  rotsd=5 * 0.5, im1_multiplier=1.0)
 
 
-def match_keypoints(source: torch.Tensor, target: torch.Tensor, keypoints: torch.Tensor, stride: float):
-    """Nearest-embedding matches of source keypoints in a target embedding map.
-
-    Args:
-        source, target: ``(C, H, W)`` embeddings of the source and target images.
-        keypoints: ``(K, 2)`` pixel ``(x, y)`` in the source image (input pixels).
-        stride: input pixels per embedding pixel.
-    Returns:
-        ``(K, 2)`` pixel ``(x, y)`` in the target image: the target pixel whose embedding has the largest inner
-        product with the source embedding at the rounded keypoint, at ``(j·stride, i·stride)``.
-    """
-    channels, height, width = source.shape
-    cols = torch.clamp(torch.round(keypoints[:, 0] / stride).long(), 0, width - 1)
-    rows = torch.clamp(torch.round(keypoints[:, 1] / stride).long(), 0, height - 1)
-    query = source[:, rows, cols].T  # (K, C)
-    scores = query @ target.reshape(channels, height * width)
-    best = scores.argmax(dim=1)
-    return torch.stack(((best % width).float() * stride, (best // width).float() * stride), dim=1)
-
-
-def _embed(model: nn.Module, images: torch.Tensor, device, batch_size: int = 32) -> torch.Tensor:
-    from .loop import normalize_images
-
-    outs = []
-    with torch.no_grad():
-        for start in range(0, images.shape[0], batch_size):
-            chunk = normalize_images(images[start:start + batch_size].to(device))
-            outs.append(model(chunk).float().cpu())
-    return torch.cat(outs)
-
-
-def _stack(dataset, indices: Sequence[int]):
-    items = [dataset[i] for i in indices]
-    return torch.stack([it["image"] for it in items]), torch.stack([it["keypoints"] for it in items])
-
-
 def matching_errors(model: nn.Module, dataset, num_pairs: int, crop: int, device="cpu", seed: int = 0,
-                    batch_pairs: int = 16):
+                    batch_pairs: int = 16, progress: bool = False):
     """Mean same- and different-identity matching errors (pixels) over ``num_pairs`` test pairs.
 
     Returns ``(same, different, details)``; ``different`` is ``None`` for unlabelled datasets, whose same-
@@ -89,17 +55,22 @@ def matching_errors(model: nn.Module, dataset, num_pairs: int, crop: int, device
         raise ValueError(f"matching needs at least 2 test images, got {len(dataset)}")
     labelled = getattr(dataset, "has_keypoints", True)
     same, diff = [], []
-    for start in range(0, num_pairs, batch_pairs):
+    starts = range(0, num_pairs, batch_pairs)
+    if progress:
+        from tqdm import tqdm
+
+        starts = tqdm(starts, desc="matching", unit="batch", dynamic_ncols=True)
+    for start in starts:
         pairs = range(start, min(num_pairs, start + batch_pairs))
-        images, keypoints = _stack(dataset, [i for p in pairs for i in (2 * p, 2 * p + 1)])
+        images, keypoints = stack_items(dataset, [i for p in pairs for i in (2 * p, 2 * p + 1)])
         if not labelled:
             size = images.shape[-1]
             lattice = torch.linspace(crop + 0.2 * (size - 2 * crop), size - crop - 1 - 0.2 * (size - 2 * crop), 5)
             yy, xx = torch.meshgrid(lattice, lattice, indexing="ij")
             keypoints = torch.stack((xx.reshape(-1), yy.reshape(-1)), 1).expand(images.shape[0], -1, -1)
         warped = warper(images, keypoints.float(), generator=generator)
-        feats_x = _embed(model, warped.x, device)
-        feats_xp = _embed(model, warped.x_prime, device)
+        feats_x = embed(model, warped.x, device)
+        feats_xp = embed(model, warped.x_prime, device)
         stride = warped.x.shape[-1] / feats_x.shape[-1]
         for k in range(len(pairs)):
             a, b = 2 * k, 2 * k + 1
@@ -190,47 +161,35 @@ def landmark_error_iod(predicted: torch.Tensor, truth: torch.Tensor, eye_indices
     return float(errors.mean() * 100)
 
 
-def _cropped(dataset, count: int, crop: int):
-    images, keypoints = _stack(dataset, range(min(count, len(dataset))))
-    size = images.shape[-1]
-    if crop:
-        images = images[:, :, crop:size - crop, crop:size - crop]
-    return images, keypoints - crop
-
-
 def landmark_regression(model: nn.Module, train_set, test_set, config: TrainConfig, device="cpu"):
     """Fit on ``train_set`` (frozen embeddings of centre-cropped images), report on ``test_set``."""
     model.eval()
-    train_images, train_kp = _cropped(train_set, config.regression_train, config.crop)
-    test_images, test_kp = _cropped(test_set, config.regression_test, config.crop)
+    train_images, train_kp = centre_cropped(train_set, config.regression_train, config.crop)
+    test_images, test_kp = centre_cropped(test_set, config.regression_test, config.crop)
     size = train_images.shape[-1]
-    regressor = fit_landmark_regressor(_embed(model, train_images, device), train_kp, size,
+    regressor = fit_landmark_regressor(embed(model, train_images, device), train_kp, size,
                                        steps=config.regression_steps, seed=config.seed)
     with torch.no_grad():
-        predicted = _from_unit(regressor(_embed(model, test_images, device)), size)
+        predicted = _from_unit(regressor(embed(model, test_images, device)), size)
     eyes = getattr(test_set, "eye_indices", (0, 1))
     return landmark_error_iod(predicted, test_kp, eyes), {"train_images": len(train_images),
                                                           "test_images": len(test_images)}
 
 
-def evaluate_run(model: nn.Module, config: TrainConfig, out: Path, device="cpu", figures: bool = True) -> dict:
+def evaluate_run(model: nn.Module, config: TrainConfig, out: Path, device="cpu", figures: bool = True,
+                 progress: bool = True) -> dict:
     """Matching + landmark regression on the configured dataset; writes ``metrics.json`` and the figures."""
     started = time.time()
     model = model.to(device).eval()
     name = config.dataset
     _, fit_split, test_split = SPLITS[name]
-    kwargs = dict(seed=config.seed)
-    root = data_root(config, out)
     if test_split is None:  # unlabelled folder: same-identity matching on a lattice of points of the training images
-        test_set = build_dataset(name, root, "train", config.imwidth)
-        fit_set = None
+        test_set, fit_set = config_dataset(config, out, "train"), None
     else:
-        test_set = build_dataset(name, root, test_split, config.imwidth, count=config.test_count,
-                                 **kwargs)
-        fit_set = build_dataset(name, root, fit_split, config.imwidth,
-                                count=min(config.train_count, max(config.regression_train, 1)), **kwargs)
+        test_set = config_dataset(config, out, test_split, config.test_count)
+        fit_set = config_dataset(config, out, fit_split, min(config.train_count, max(config.regression_train, 1)))
     same, diff, match_info = matching_errors(model, test_set, config.eval_pairs, config.crop, device,
-                                             seed=config.seed)
+                                             seed=config.seed, progress=progress)
     landmark, regression_info = (None, {})
     if fit_set is not None:
         landmark, regression_info = landmark_regression(model, fit_set, test_set, config, device)
@@ -254,9 +213,7 @@ def evaluate_run(model: nn.Module, config: TrainConfig, out: Path, device="cpu",
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     paths = {"metrics": str(out / "metrics.json")}
     if figures:
-        from .figures import draw_loss_curve, draw_matches
-
-        paths["matches_figure"] = draw_matches(model, test_set, config, out / "matches.png", device)
+        paths["matches_figure"] = draw_matches(model, test_set, config, out / "matches.png")
         curve = draw_loss_curve(out / "metrics.jsonl", out / "loss_curve.png")
         if curve:
             paths["loss_figure"] = curve
@@ -264,30 +221,23 @@ def evaluate_run(model: nn.Module, config: TrainConfig, out: Path, device="cpu",
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    from .loop import CHECKPOINT_NAME, load_checkpoint
-    from .models import build_model
-
     parser = argparse.ArgumentParser(prog="python -m dve_kernels.train.evaluate",
                                      description="Evaluate a training run: matching errors (Table 1), landmark "
                                                  "regression (% inter-ocular distance) and figures.")
     parser.add_argument("run_dir", help="a run directory written by python -m dve_kernels.train")
     parser.add_argument("--checkpoint", help=f"default: RUN_DIR/{CHECKPOINT_NAME}")
     parser.add_argument("--out", help="where metrics.json and the figures go (default RUN_DIR)")
-    parser.add_argument("--eval-pairs", type=int)
-    parser.add_argument("--data-root")
+    parser.add_argument("--eval-pairs", type=int, help="test pairs for the matching errors (default: the run's)")
+    parser.add_argument("--data-root", help="the dataset's folder (default: the run's)")
     parser.add_argument("--no-figures", action="store_true")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
     run_dir = Path(args.run_dir)
-    ckpt = load_checkpoint(args.checkpoint or run_dir / CHECKPOINT_NAME)
-    config = TrainConfig.from_dict(ckpt["config"])
+    config, model, _ = load_run(args.checkpoint or run_dir)
     if args.eval_pairs is not None:
         config.eval_pairs = args.eval_pairs
     if args.data_root is not None:
         config.data_root = args.data_root
-    model = build_model(config.model, config.embedding_dim,
-                        **({"width": config.model_width} if config.model == "smallnet" else {}))
-    model.load_state_dict(ckpt["model"])
     result = evaluate_run(model, config, Path(args.out or run_dir), device=args.device,
                           figures=not args.no_figures)
     m = result["metrics"]

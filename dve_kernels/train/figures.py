@@ -1,15 +1,27 @@
-"""Figures: nearest-neighbour matches in the style of the paper's figures 1 and 4, and the loss curve."""
+"""Figures: nearest-neighbour matches in the style of the paper's figures 1 and 4, and the loss curve.
+
+This module draws; it imports no other training module than models and data (evaluate imports it).
+"""
 
 from __future__ import annotations
 
 import json
+import textwrap
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 import torch
 
-__all__ = ["draw_matches", "draw_loss_curve", "reference_points"]
+from .data import SPLITS, centre_cropped, config_dataset
+from .models import embed, match_keypoints
+
+__all__ = ["draw_matches", "draw_comparison", "draw_loss_curve", "reference_points", "MATCH_CAPTION"]
+
+MATCH_CAPTION = ("Left: a test image with the points to follow (coloured dots; the ringed ones are its annotated "
+                 "landmarks). Other columns: other identities; a dot is the pixel whose embedding is nearest to "
+                 "the same-coloured point's, a ring of that colour the image's own annotated landmark "
+                 "(ground truth): a good embedding puts each landmark's dot inside its ring.")
 
 
 def _pyplot():
@@ -35,40 +47,72 @@ def reference_points(keypoints: torch.Tensor, size: int, crop: int, count: int =
     return torch.cat((keypoints, extra))
 
 
-def draw_matches(model, dataset, config, path, device="cpu", num_targets: int = 5) -> str:
-    """A reference image with coloured points and, in ``num_targets`` other test images (other identities), the
-    pixel whose embedding is nearest to each point's. Saved as PNG; returns the path."""
-    from .evaluate import _cropped, _embed, match_keypoints
+def _test_images(config, out_dir, count: int, dataset=None):
+    if dataset is None:
+        split = SPLITS[config.dataset][2] or "train"
+        dataset = config_dataset(config, out_dir, split, max(count, 8))
+    return centre_cropped(dataset, count, config.crop)
 
+
+def _draw_rows(runs, images, keypoints, config, path, title: Optional[str] = None) -> str:
+    """One row per ``(label, model)``: the reference image with its points, then the matches in the others."""
     plt = _pyplot()
-    count = min(len(dataset), num_targets + 1)
-    images, keypoints = _cropped(dataset, count, config.crop)
-    feats = _embed(model, images, device)
-    stride = images.shape[-1] / feats.shape[-1]
+    count = images.shape[0]
     points = reference_points(keypoints[0], config.imwidth, config.crop, seed=config.seed)
-    colours = plt.get_cmap("hsv")(np.linspace(0, 1, len(points), endpoint=False))
-    fig, axes = plt.subplots(1, count, figsize=(2.2 * count, 2.6))
-    axes = np.atleast_1d(axes)
-    for i, ax in enumerate(axes):
-        ax.imshow(images[i].permute(1, 2, 0).clamp(0, 1).numpy())
-        where = points if i == 0 else match_keypoints(feats[0], feats[i], points, stride)
-        ax.scatter(where[:, 0].numpy(), where[:, 1].numpy(), c=colours, s=22, edgecolors="white", linewidths=0.6)
-        ax.set_title("reference" if i == 0 else f"match {i}", fontsize=9)
-        ax.axis("off")
-    dve = "with DVE" if config.dve else "without DVE"
-    fig.suptitle(f"{config.model} {config.embedding_dim}-D {dve}: nearest-embedding matches", fontsize=10)
-    fig.tight_layout()
+    landmarks = keypoints.shape[1]
+    colours = plt.get_cmap("tab20")(np.arange(len(points)) % 20)
+    fig, axes = plt.subplots(len(runs), count, figsize=(2.2 * count, 2.3 * len(runs) + 0.9), squeeze=False)
+    for row, (label, model) in enumerate(runs):
+        feats = embed(model.eval(), images, next(model.parameters()).device)
+        stride = images.shape[-1] / feats.shape[-1]
+        for i in range(count):
+            ax = axes[row, i]
+            ax.imshow(images[i].permute(1, 2, 0).clamp(0, 1).numpy())
+            where = points if i == 0 else match_keypoints(feats[0], feats[i], points, stride)
+            ax.scatter(where[:, 0].numpy(), where[:, 1].numpy(), c=colours, s=20, edgecolors="white",
+                       linewidths=0.5)
+            if landmarks:
+                truth = keypoints[i].numpy()
+                ax.scatter(truth[:, 0], truth[:, 1], s=90, facecolors="none", edgecolors=colours[:landmarks],
+                           linewidths=1.6)
+            ax.set_xlim(-0.5, images.shape[-1] - 0.5)
+            ax.set_ylim(images.shape[-2] - 0.5, -0.5)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if i == 0:
+                ax.set_ylabel(label, fontsize=8)
+            if row == 0:
+                ax.set_title("reference" if i == 0 else f"other identity {i}", fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.text(0.01, 0.01, textwrap.fill(MATCH_CAPTION, 30 * count), fontsize=7, va="bottom")
+    fig.tight_layout(rect=(0, 0.12 if len(runs) == 1 else 0.06, 1, 1))
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return str(path)
 
 
+def draw_matches(model, dataset, config, path, num_targets: int = 5) -> str:
+    """The run's nearest-embedding matches from one test image into ``num_targets`` others (PNG); returns the path."""
+    images, keypoints = _test_images(config, Path(path).parent, num_targets + 1, dataset)
+    dve = "with DVE" if config.dve else "without DVE"
+    return _draw_rows([(f"{config.embedding_dim}-D {dve}", model)], images, keypoints, config, path,
+                      f"{config.model} {config.embedding_dim}-D {dve}: nearest-embedding matches")
+
+
+def draw_comparison(runs, path, num_targets: int = 5) -> str:
+    """Figure 4 style: one row per ``(label, model, config)`` run, the same test images (the first run's data)."""
+    config = runs[0][2]
+    images, keypoints = _test_images(config, Path(path).parent / "compare-data", num_targets + 1)
+    return _draw_rows([(label, model) for label, model, _ in runs], images, keypoints, config, path)
+
+
 def draw_loss_curve(log_path, path) -> Optional[str]:
     """Loss per step (and a running mean) from a ``metrics.jsonl`` log; ``None`` if there is no log."""
     log_path = Path(log_path)
-    if not log_path.is_file():
-        return None
-    rows = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
+    rows = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()] \
+        if log_path.is_file() else []
     if not rows:
         return None
     plt = _pyplot()
@@ -77,50 +121,12 @@ def draw_loss_curve(log_path, path) -> Optional[str]:
     window = max(1, len(loss) // 25)
     smooth = np.convolve(loss, np.ones(window) / window, mode="valid")
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot(steps, loss, alpha=0.35, label="loss")
+    ax.plot(steps, loss, alpha=0.35, label="loss of each step")
     ax.plot(steps[window - 1:], smooth, label=f"running mean ({window} steps)")
-    ax.set_xlabel("step")
-    ax.set_ylabel("training loss")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("training loss (mean pixel distance^pow)")
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return str(path)
-
-
-def draw_comparison(runs, path, num_targets: int = 5, device="cpu") -> str:
-    """Figure 4 style: one row per run (e.g. 64-D without and with DVE), the same reference points and images.
-
-    ``runs``: a list of ``(label, model, config)``; the test images come from the first run's dataset settings.
-    """
-    from .data import SPLITS, build_dataset, data_root
-    from .evaluate import _cropped, _embed, match_keypoints
-
-    plt = _pyplot()
-    label0, _, config0 = runs[0]
-    name = config0.dataset
-    split = SPLITS[name][2] or "train"
-    dataset = build_dataset(name, data_root(config0, Path(path).parent / "compare-data"), split, config0.imwidth,
-                            count=max(num_targets + 1, 8), seed=config0.seed)
-    count = min(len(dataset), num_targets + 1)
-    images, keypoints = _cropped(dataset, count, config0.crop)
-    points = reference_points(keypoints[0], config0.imwidth, config0.crop, seed=config0.seed)
-    colours = plt.get_cmap("hsv")(np.linspace(0, 1, len(points), endpoint=False))
-    fig, axes = plt.subplots(len(runs), count, figsize=(2.2 * count, 2.4 * len(runs)), squeeze=False)
-    for row, (label, model, config) in enumerate(runs):
-        feats = _embed(model.eval(), images, device)
-        stride = images.shape[-1] / feats.shape[-1]
-        for i in range(count):
-            ax = axes[row, i]
-            ax.imshow(images[i].permute(1, 2, 0).clamp(0, 1).numpy())
-            where = points if i == 0 else match_keypoints(feats[0], feats[i], points, stride)
-            ax.scatter(where[:, 0].numpy(), where[:, 1].numpy(), c=colours, s=22, edgecolors="white",
-                       linewidths=0.6)
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if i == 0:
-                ax.set_ylabel(label, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -131,9 +137,7 @@ def main(argv=None) -> int:
     """``python -m dve_kernels.train.figures RUN_DIR [RUN_DIR ...] --out compare.png``: matches of several runs."""
     import argparse
 
-    from .config import TrainConfig
-    from .loop import CHECKPOINT_NAME, load_checkpoint
-    from .models import build_model
+    from .checkpoint import load_run
 
     parser = argparse.ArgumentParser(prog="python -m dve_kernels.train.figures", description=main.__doc__)
     parser.add_argument("runs", nargs="+")
@@ -141,13 +145,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     runs = []
     for run in args.runs:
-        ckpt = load_checkpoint(Path(run) / CHECKPOINT_NAME)
-        config = TrainConfig.from_dict(ckpt["config"])
-        model = build_model(config.model, config.embedding_dim,
-                            **({"width": config.model_width} if config.model == "smallnet" else {}))
-        model.load_state_dict(ckpt["model"])
-        label = f"{config.embedding_dim}-D {'with' if config.dve else 'without'} DVE"
-        runs.append((label, model, config))
+        config, model, _ = load_run(run)
+        runs.append((f"{config.embedding_dim}-D {'with' if config.dve else 'without'} DVE", model, config))
     print(draw_comparison(runs, args.out))
     return 0
 

@@ -23,13 +23,13 @@ from .models import build_model
 __all__ = ["step_peak_bytes", "main"]
 
 
-def _fused_dve_loss(feats, grid, num_aux: int, backend: str):
+def _fused_dve_loss(feats, grid, num_aux: int, pow: float):
     # The public API refuses meta tensors, so call the backend module behind it directly.
-    impl = functional._load_triton() if backend == "triton" else functional._load_cpu()
+    impl = functional._load_cpu()
     src, tgt, src_xy, tgt_xy = conventions.prepare_pairs(feats, grid, True)
     rebuilt = impl.exchange(src, conventions.gather_auxiliary(src, num_aux), 1.0)
     tgt_xy = tgt_xy.unsqueeze(0).expand(src.shape[0], -1, -1).contiguous()
-    return impl.warp_loss_rows(rebuilt, tgt, src_xy, tgt_xy, 0.5, 1.0).mean()
+    return impl.warp_loss_rows(rebuilt, tgt, src_xy, tgt_xy, pow, 1.0).mean()
 
 
 def step_peak_bytes(config: TrainConfig, formulation: str, loss_only: bool = False) -> dict:
@@ -45,14 +45,12 @@ def step_peak_bytes(config: TrainConfig, formulation: str, loss_only: bool = Fal
             side = size // 2
             feats = torch.empty(2 * pairs, config.embedding_dim, side, side, device="meta", requires_grad=True)
         else:
-            model = build_model(config.model, config.embedding_dim,
-                                **({"width": config.model_width} if config.model == "smallnet" else {}))
-            model = model.to("meta")
+            model = build_model(config).to("meta")
             feats = model(images)
         if formulation == "dense":
-            loss = reference.dense_correlation_loss_dve(feats, {"grid": grid}, num_aux=config.num_aux)
+            loss = reference.dense_correlation_loss_dve(feats, {"grid": grid}, pow=config.pow, num_aux=config.num_aux)
         else:
-            loss = _fused_dve_loss(feats, grid, config.num_aux, "cpu" if formulation == "fused" else formulation)
+            loss = _fused_dve_loss(feats, grid, config.num_aux, config.pow)
         loss.backward()
     return {"peak_bytes": recorder.peak_bytes, "largest_tensor_elements": recorder.largest_numel,
             "largest_tensor": str(recorder.largest_record)}

@@ -8,7 +8,11 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-__all__ = ["SmallNet", "Hourglass", "build_model", "MODELS"]
+__all__ = ["SmallNet", "Hourglass", "build_model", "MODELS", "normalize_images", "embed", "match_keypoints"]
+
+#: The original repository's image normalisation (CelebA statistics).
+IMAGE_MEAN = (0.5084, 0.4224, 0.3769)
+IMAGE_STD = (0.2599, 0.2371, 0.2323)
 
 
 def _conv_bn_act(in_channels: int, out_channels: int, kernel_size: int, padding: int, dilation: int = 1):
@@ -150,8 +154,48 @@ class Hourglass(nn.Module):
 MODELS = {"smallnet": SmallNet, "hourglass": Hourglass}
 
 
-def build_model(name: str, embedding_dim: int, **kwargs) -> nn.Module:
-    """``"smallnet"`` or ``"hourglass"`` with ``embedding_dim`` output channels."""
-    if name not in MODELS:
-        raise ValueError(f"model must be one of {sorted(MODELS)}, got {name!r}")
-    return MODELS[name](embedding_dim=embedding_dim, **kwargs)
+def build_model(config) -> nn.Module:
+    """The network of a :class:`~dve_kernels.train.config.TrainConfig` (``model``, ``embedding_dim``,
+    ``model_width`` for SmallNet)."""
+    if config.model not in MODELS:
+        raise ValueError(f"model must be one of {sorted(MODELS)}, got {config.model!r}")
+    if config.model == "smallnet":
+        return SmallNet(config.embedding_dim, width=config.model_width)
+    return Hourglass(config.embedding_dim)
+
+
+def normalize_images(images: torch.Tensor) -> torch.Tensor:
+    """``[0, 1]`` RGB ``(B, 3, H, W)`` to the original's normalisation (CelebA mean and std)."""
+    mean = images.new_tensor(IMAGE_MEAN).view(1, 3, 1, 1)
+    std = images.new_tensor(IMAGE_STD).view(1, 3, 1, 1)
+    return (images - mean) / std
+
+
+def embed(model: nn.Module, images: torch.Tensor, device="cpu", batch_size: int = 32) -> torch.Tensor:
+    """Embeddings ``(N, C, h, w)`` (float32, CPU) of ``[0, 1]`` images ``(N, 3, H, W)``, without gradients."""
+    outs = []
+    with torch.no_grad():
+        for start in range(0, images.shape[0], batch_size):
+            chunk = normalize_images(images[start:start + batch_size].to(device))
+            outs.append(model(chunk).float().cpu())
+    return torch.cat(outs)
+
+
+def match_keypoints(source: torch.Tensor, target: torch.Tensor, keypoints: torch.Tensor, stride: float):
+    """Nearest-embedding matches of source keypoints in a target embedding map.
+
+    Args:
+        source, target: ``(C, H, W)`` embeddings of the source and target images.
+        keypoints: ``(K, 2)`` pixel ``(x, y)`` in the source image (input pixels).
+        stride: input pixels per embedding pixel.
+    Returns:
+        ``(K, 2)`` pixel ``(x, y)`` in the target image: the target pixel whose embedding has the largest inner
+        product with the source embedding at the rounded keypoint, at ``(j·stride, i·stride)``.
+    """
+    channels, height, width = source.shape
+    cols = torch.clamp(torch.round(keypoints[:, 0] / stride).long(), 0, width - 1)
+    rows = torch.clamp(torch.round(keypoints[:, 1] / stride).long(), 0, height - 1)
+    query = source[:, rows, cols].T  # (K, C)
+    scores = query @ target.reshape(channels, height * width)
+    best = scores.argmax(dim=1)
+    return torch.stack(((best % width).float() * stride, (best // width).float() * stride), dim=1)

@@ -10,7 +10,12 @@ The five landmarks follow CelebA's order: left eye, right eye, nose tip, left mo
 face's own frame and mapped by the same similarity transform as the landmarks, then drawn supersampled and box-
 filtered down. Coordinates are pixel ``(x, y)`` with pixel centres at integers.
 
-Everything is a deterministic function of ``(seed, index)``.
+With ``marks > 0`` every face also carries that many small marks of random colour, size and place on its skin and
+hair (drawn in the face's frame, so they move with it): an identity-specific texture that makes matching within
+one identity easy and useless across identities, the situation in which the paper's 64-D embeddings without DVE
+fail (Table 1). They come from their own random stream: the face itself is the same with or without them.
+
+Everything is a deterministic function of ``(seed, index)`` (and ``marks``).
 """
 
 from __future__ import annotations
@@ -80,7 +85,7 @@ def _background(rng, size):
     return image
 
 
-def render_face(seed: int, index: int, size: int = 100):
+def render_face(seed: int, index: int, size: int = 100, marks: int = 0):
     """One synthetic face: ``(image uint8 (size, size, 3), landmarks float32 (5, 2) pixel (x, y))``."""
     rng = np.random.default_rng([int(seed), int(index)])
     ss = _SUPERSAMPLE
@@ -148,6 +153,13 @@ def render_face(seed: int, index: int, size: int = 100):
             hairline = rng.uniform(-0.45, -0.3) * height
         inner = np.stack((np.linspace(1.0, -1.0, 24), hairline + 0.12 * np.cos(np.linspace(-1.5, 1.5, 24))), 1)
         poly(np.concatenate((top, inner)), fill=hair)
+    # Identity-specific marks on skin and hair (their own random stream).
+    marks_rng = np.random.default_rng([int(seed), int(index), 1])
+    for _ in range(marks):
+        p = marks_rng.uniform(-0.95, 0.95, 2) * [1.0, height]
+        r = marks_rng.uniform(0.06, 0.15)
+        fill = tuple(int(v) for v in marks_rng.uniform(0, 255, 3))
+        poly(_ellipse(p[0], p[1], r, r * marks_rng.uniform(0.5, 1.0), 10), fill=fill)
 
     # Landmarks in the face frame.
     eye_dx = rng.uniform(0.32, 0.46)
@@ -216,10 +228,10 @@ def render_face(seed: int, index: int, size: int = 100):
     return np.asarray(image, dtype=np.uint8).copy(), to_out(landmarks).astype(np.float32)
 
 
-def render_faces(seed: int, count: int, size: int = 100, start: int = 0):
+def render_faces(seed: int, count: int, size: int = 100, start: int = 0, marks: int = 0):
     """``count`` faces: ``images uint8 (count, size, size, 3)``, ``landmarks float32 (count, 5, 2)``."""
     images = np.empty((count, size, size, 3), dtype=np.uint8)
     landmarks = np.empty((count, 5, 2), dtype=np.float32)
     for i in range(count):
-        images[i], landmarks[i] = render_face(seed, start + i, size)
+        images[i], landmarks[i] = render_face(seed, start + i, size, marks)
     return images, landmarks

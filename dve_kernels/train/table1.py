@@ -1,0 +1,165 @@
+"""The paper's Table 1 on the built-in data: SmallNet at C = 3 without DVE and C = 16, 64 with and without DVE.
+
+    python -m dve_kernels.train.table1 [--steps 300] [--seeds 0 1 2] [--out bench/results/training] [--set k=v ...]
+
+Every run trains the ``demo`` preset (overridden by ``--steps`` etc.) in ``<runs>/C<c>-dve<0|1>-seed<s>`` and is
+evaluated with the paper's matching protocol; finished runs (with a ``metrics.json``) are kept, so an interrupted
+table continues where it stopped. Writes ``table1.csv`` (one row per run), ``table1.md`` (mean ± std, the command
+and the machine) and ``table1.png`` to ``--out``, and ``table1_matches.png`` (64-D without and with DVE).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import platform
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+
+from .checkpoint import CHECKPOINT_NAME, load_run
+from .config import PRESETS, TrainConfig
+from .figures import _pyplot, draw_comparison
+from .evaluate import evaluate_run
+from .loop import Trainer
+
+__all__ = ["CONFIGURATIONS", "COLUMNS", "run_table", "summarise", "main"]
+
+#: (embedding_dim, dve) of the paper's Table 1 rows.
+CONFIGURATIONS = ((3, False), (16, False), (16, True), (64, False), (64, True))
+COLUMNS = ("embedding_dim", "dve", "seed", "same_identity_error", "different_identity_error", "landmark_error_iod")
+METRICS = COLUMNS[3:]
+
+
+def _run_config(base: dict, dim: int, dve: bool, seed: int) -> TrainConfig:
+    return TrainConfig.from_dict(dict(base, embedding_dim=dim, dve=dve, seed=seed))
+
+
+def run_table(base: dict, seeds: Sequence[int], runs: Path, out: Path, progress: bool = False) -> list:
+    """Train and evaluate every configuration and seed (skipping finished runs); ``table1.csv`` after each run."""
+    rows = []
+    out.mkdir(parents=True, exist_ok=True)
+    for seed in seeds:
+        for dim, dve in CONFIGURATIONS:
+            run_dir = runs / f"C{dim}-dve{int(dve)}-seed{seed}"
+            if not (run_dir / "metrics.json").is_file():
+                started = time.time()
+                config = _run_config(base, dim, dve, seed)
+                resume = "auto" if (run_dir / CHECKPOINT_NAME).is_file() else None  # an interrupted table
+                trainer = Trainer(config, run_dir, resume=resume, progress=progress)
+                trainer.run()
+                evaluate_run(trainer.model, config, run_dir, figures=False, progress=progress)
+                print(f"{run_dir.name}: {time.time() - started:.0f} s", file=sys.stderr, flush=True)
+            metrics = json.loads((run_dir / "metrics.json").read_text())
+            rows.append(dict(embedding_dim=dim, dve=int(dve), seed=seed, **{k: metrics[k] for k in METRICS}))
+            with open(out / "table1.csv", "w", newline="") as handle:
+                writer = csv.DictWriter(handle, fieldnames=COLUMNS)
+                writer.writeheader()
+                writer.writerows(sorted(rows, key=lambda r: (r["embedding_dim"], r["dve"], r["seed"])))
+    return rows
+
+
+def summarise(rows: list) -> dict:
+    """``{(dim, dve): {metric: (mean, std, n)}}`` (std with ``ddof = 1``; 0 for one run)."""
+    table = {}
+    for dim, dve in CONFIGURATIONS:
+        chosen = [r for r in rows if r["embedding_dim"] == dim and r["dve"] == int(dve)]
+        if chosen:
+            table[dim, dve] = {m: (float(np.mean([r[m] for r in chosen])),
+                                   float(np.std([r[m] for r in chosen], ddof=1)) if len(chosen) > 1 else 0.0,
+                                   len(chosen)) for m in METRICS}
+    return table
+
+
+def _cpu_name() -> str:
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        return next(line.split(":", 1)[1].strip() for line in lines if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
+def _markdown(table: dict, command: str, base: dict, seconds: float) -> str:
+    lines = ["# Table 1 on the built-in synthetic faces", "",
+             f"Command: `{command}`  ", f"Machine: {_cpu_name()}, "
+             f"{os.cpu_count()} cores, torch {torch.__version__}, 1 thread; wall time {seconds / 60:.1f} min.  ",
+             "Settings: " + ", ".join(f"{k}={v}" for k, v in sorted(base.items())
+                                     if k not in ("embedding_dim", "dve", "seed")), "",
+             "| C | DVE | runs | same identity (px) | different identity (px) | landmarks (% IOD) |",
+             "|---|---|---|---|---|---|"]
+    for (dim, dve), stats in table.items():
+        cells = [f"{stats[m][0]:.2f} ± {stats[m][1]:.2f}" for m in METRICS]
+        lines.append(f"| {dim} | {'yes' if dve else 'no'} | {stats[METRICS[0]][2]} | " + " | ".join(cells) + " |")
+    if (64, False) in table and (64, True) in table:
+        off, on = table[64, False], table[64, True]
+        diff = on["different_identity_error"][0] / off["different_identity_error"][0] - 1
+        same = on["same_identity_error"][0] / off["same_identity_error"][0] - 1
+        lines += ["", f"64-D, DVE against no DVE: different identity {diff:+.0%}, same identity {same:+.0%} "
+                      "(the paper, Table 1: -51% and +2%)."]
+    return "\n".join(lines) + "\n"
+
+
+def _figure(rows: list, table: dict, path: Path) -> None:
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.8))
+    labels = [f"{dim}-D\n{'DVE' if dve else 'no DVE'}" for dim, dve in table]
+    for ax, metric, unit in zip(axes, METRICS, ("pixels", "pixels", "% inter-ocular distance")):
+        means = [stats[metric][0] for stats in table.values()]
+        stds = [stats[metric][1] for stats in table.values()]
+        colours = ["tab:orange" if dve else "tab:blue" for _, dve in table]
+        ax.bar(range(len(means)), means, yerr=stds, color=colours, alpha=0.6, capsize=4)
+        for i, (dim, dve) in enumerate(table):
+            values = [r[metric] for r in rows if r["embedding_dim"] == dim and r["dve"] == int(dve)]
+            ax.scatter([i] * len(values), values, color="black", s=12, zorder=3)
+        ax.set_xticks(range(len(means)))
+        ax.set_xticklabels(labels, fontsize=8)
+        ax.set_title(metric.replace("_", " "), fontsize=9)
+        ax.set_ylabel(unit)
+        ax.grid(axis="y", alpha=0.3)
+    fig.text(0.01, 0.01, "Bars: mean over seeds, error bars one standard deviation; black dots: the single runs. "
+                         "Blue: the plain warp loss (eq. 3); orange: DVE (eq. 6). Lower is better.", fontsize=8)
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m dve_kernels.train.table1", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="demo")
+    parser.add_argument("--steps", type=int, default=300, help="optimizer steps per run (default 300)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE",
+                        help="further config fields (JSON values), e.g. eval_pairs=100")
+    parser.add_argument("--runs", default="runs/table1", help="where the runs go (default runs/table1)")
+    parser.add_argument("--out", default="bench/results/training", help="where the table and figures go")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    base = dict(PRESETS[args.preset], max_steps=args.steps, data_seed=0, data_root=str(Path(args.runs) / "data"))
+    for item in args.set:
+        key, _, value = item.partition("=")
+        base[key] = json.loads(value)
+    started = time.time()
+    out, runs = Path(args.out), Path(args.runs)
+    rows = run_table(base, args.seeds, runs, out, progress=sys.stderr.isatty())
+    table = summarise(rows)
+    command = "python -m dve_kernels.train.table1 " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
+    (out / "table1.md").write_text(_markdown(table, command.strip(), base, time.time() - started))
+    _figure(rows, table, out / "table1.png")
+    seed = args.seeds[0]
+    pair = [load_run(runs / f"C64-dve{d}-seed{seed}") for d in (0, 1)]
+    draw_comparison([(f"64-D {'with' if c.dve else 'without'} DVE", m, c) for c, m, _ in pair],
+                    out / "table1_matches.png")
+    print((out / "table1.md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
