@@ -168,38 +168,12 @@ def _check_warp(shape, pow, scale, normalize=False, dtype=torch.float32):
 # ------------------------------------------------------------------------------------------- values + grads
 
 
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
-@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
-def test_exchange_matches_reference(shape, dtype):
-    _check_exchange(shape, scale=0.7, dtype=dtype)
-
-
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
-@pytest.mark.parametrize("pow", POWS)
-@pytest.mark.parametrize("shape", SHAPES[:5], ids=lambda s: "x".join(map(str, s)))
-def test_warp_loss_matches_reference(shape, pow, dtype):
-    _check_warp(shape, pow, scale=0.7, dtype=dtype)
-
-
 @pytest.mark.parametrize("op", ["exchange", "warp"])
 def test_channels_256(op):
     if op == "exchange":
         _check_exchange(SHAPE_256, scale=1.0, normalize=True)
     else:
         _check_warp(SHAPE_256, 0.5, scale=1.0, normalize=True)
-
-
-@pytest.mark.parametrize("scale", [1.0, 25.0], ids=["logits400", "logits1e4"])
-@pytest.mark.parametrize("op", ["exchange", "warp"])
-def test_normalized_vectors_and_huge_logits(op, scale):
-    """normalize_vectors=True (x20): logits up to 400; scale 25 pushes them to 1e4, still finite and correct."""
-    shape = (2, 31, 43, 16)
-    if op == "exchange":
-        _check_exchange(shape, scale, normalize=True)
-        _check_exchange(shape, scale, normalize=True, dtype=torch.float64)
-    else:
-        _check_warp(shape, 0.5, scale, normalize=True)
-        _check_warp(shape, 0.5, scale, normalize=True, dtype=torch.float64)
 
 
 @pytest.mark.slow
