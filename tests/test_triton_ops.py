@@ -35,8 +35,8 @@ def _interpreter_tiles(monkeypatch):
         return
     real = _launch.launch_config
 
-    def larger_tiles(pass_name, c_pad, dtype):
-        config = real(pass_name, c_pad, dtype)
+    def larger_tiles(pass_name, c_pad, dtype, *args, **kwargs):
+        config = real(pass_name, c_pad, dtype, *args, **kwargs)
         if dtype in (torch.float32, torch.float64):
             config = dataclasses.replace(config, block_n=32, block_m=32)
         return config

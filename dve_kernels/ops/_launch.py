@@ -31,6 +31,18 @@ FP_FUSION = True
 # C_PAD 128 on sm_80: 24 bytes at 128 registers, none at 148 with the limit). 16-bit launches keep ptxas's own
 # choice: with the limit, the three-tile warp-loss forward spilled on sm_80 (116 bytes at 255; none at 183 without).
 MAX_REGISTERS = 255
+# float32 dot algorithms (constexpr DOT_ALGO, see _tiles._dot): IEEE FMA dots (the default), or an explicit
+# three-way TF32 split on tensor cores, an explicit opt-in: DVE_FP32_DOT=3xtf32 (read at every float32 launch; sm_80
+# or newer). The split is not the default because it does not keep SPEC.md section 4's float32 promise at large
+# logits: in the interpreter, tests/test_triton_ops.py's huge-logit cases miss the gradient bound (logits ~1e4:
+# 7.6e-4 against 9.3e-8; logits 400: 3.7e-4 against 3.3e-4), because the backward kernels recompute D_u by
+# cancellation (sum p·dp·aux - D_u·sum p·aux), which is exact with IEEE's single rounding per product and is not
+# with three partial products; every other test passes on it. 16-bit and float64 launches ignore the variable.
+# There is no plain-TF32 mode.
+DOT_IEEE, DOT_3XTF32 = 0, 1
+DOT_ALGORITHMS = {"ieee": DOT_IEEE, "3xtf32": DOT_3XTF32}
+DOT_TAGS = {DOT_IEEE: "fp32", DOT_3XTF32: "tf32x3"}  # the dtype tag of specialisation names
+FP32_DOT_ENV = "DVE_FP32_DOT"
 
 
 @dataclass(frozen=True)
@@ -66,7 +78,32 @@ def channel_pad(channels: int) -> int:
     return max(16, triton.next_power_of_2(channels))
 
 
-def launch_config(pass_name: str, c_pad: int, dtype: torch.dtype) -> LaunchConfig:
+def dtype_variants() -> list:
+    """``(dtype, dot_algo, tag)`` of every feature-dtype code path: each dtype with DOT_IEEE, plus float32 with
+    the TF32 split (tag ``tf32x3``; specialisation names carry the tag)."""
+    variants = [(dtype, DOT_IEEE, triton_type(dtype)) for dtype in FEATURE_DTYPES]
+    return variants + [(torch.float32, DOT_3XTF32, DOT_TAGS[DOT_3XTF32])]
+
+
+def dot_algorithm(tensor: torch.Tensor) -> int:
+    """DOT_ALGO for a launch on ``tensor``'s dtype and device (see DOT_ALGORITHMS and FP32_DOT_ENV)."""
+    if tensor.dtype != torch.float32:
+        return DOT_IEEE
+    choice = os.environ.get(FP32_DOT_ENV, "").strip().lower()
+    if choice:
+        if choice not in DOT_ALGORITHMS:
+            raise ValueError(f"{FP32_DOT_ENV}: expected one of {sorted(DOT_ALGORITHMS)}, got {choice!r}")
+        algo = DOT_ALGORITHMS[choice]
+        if algo == DOT_3XTF32 and tensor.device.type == "cuda" and \
+                torch.cuda.get_device_capability(tensor.device) < (8, 0):
+            raise ValueError(f"{FP32_DOT_ENV}=3xtf32 needs TF32 tensor cores (compute capability 8.0 or newer), "
+                             f"got {torch.cuda.get_device_name(tensor.device)}")
+        return algo
+    return DOT_IEEE
+
+
+def launch_config(pass_name: str, c_pad: int, dtype: torch.dtype, dot_algo: int = DOT_IEEE,
+                  even_c: bool = True) -> LaunchConfig:
     """Block sizes, channel slice, warps and pipeline stages for one pass at one (C_PAD, dtype).
 
     How they were chosen (no GPU was available while writing this; retune with bench/ on one):
@@ -80,7 +117,8 @@ def launch_config(pass_name: str, c_pad: int, dtype: torch.dtype) -> LaunchConfi
     tests/test_triton_aot.py (DVE_AOT_FULL=1 for all of them), which fails on any spill or shared-memory
     overflow. No GPU has run them yet: speed comes only from the modelled bounds of bench/kernel_report.py
     (which chose 8 warps for the warp-loss forward and 4 for the exchange forward at C_PAD = 256, see below).
-    ``pass_name`` is "exchange_fwd", "exchange_bwd" (both backward kernels), "warp_fwd" or "warp_bwd".
+    ``pass_name`` is "exchange_fwd", "exchange_bwd" (both backward kernels), "warp_fwd" or "warp_bwd";
+    ``dot_algo`` the float32 dot algorithm (DOT_ALGORITHMS); ``even_c`` whether C == C_PAD.
     """
     if pass_name not in ("exchange_fwd", "exchange_bwd", "warp_fwd", "warp_bwd"):
         raise ValueError(f"unknown pass {pass_name!r}")
@@ -94,6 +132,12 @@ def launch_config(pass_name: str, c_pad: int, dtype: torch.dtype) -> LaunchConfi
             block_n, block_m = (128, 64) if c_pad <= 64 else (64, 64) if c_pad == 128 else (64, 32)
         else:  # backward: two accumulator tiles plus operand tiles per program (64 x 64 spilled on sm_80)
             block_n, block_m = (64, 32) if c_pad <= 64 else (32, 32)
+            if not even_c and (pass_name, c_pad) in (("exchange_bwd", 32), ("warp_bwd", 64)):
+                # C below C_PAD (masked channel loads): 64 x 32 spilled with Triton 3.6 (exchange aux kernel at
+                # C_PAD 32: 124 B on sm_80, 104 B on sm_90; warp src kernel at C_PAD 64: 20 B on sm_80), 32 x 32
+                # does not, on 3.6 or 3.9. C == C_PAD keeps 64 x 32 (32 x 32 would cost the warp src kernel 36 %
+                # of its modelled bound, 1.23e12 -> 7.9e11 pairs/s on sm_90).
+                block_n = 32
             if pass_name == "warp_bwd" and c_pad == 256:
                 block_n = 16  # 32 x 32 spilled on sm_80 with the general power (exp2 + log2 per pair)
         num_warps = 8 if block_n * c_pad >= 128 * 64 else 4
@@ -108,6 +152,18 @@ def launch_config(pass_name: str, c_pad: int, dtype: torch.dtype) -> LaunchConfi
             num_warps = 4  # 8 warps were capped at 128 registers and spilled on sm_90; 4 also issue 37 % less
 
         return LaunchConfig(block_n, block_m, num_warps, 3 if c_pad <= 128 else 2, c_pad)
+    if itemsize == 4 and dot_algo == DOT_3XTF32:
+        # float32 through the TF32 split: K_CHUNK-wide channel slices re-read and split per dot as on the IEEE
+        # path, one configuration for forward and backward (bitwise equal logits, see below), larger tiles than
+        # IEEE's because the split's bit operations are amortised over the other tile dimension (exchange forward,
+        # C_PAD 64, sm_90: 16 x 16 issue-bound at 1.7e11 pairs/s raw, 64 x 32 tensor-bound at 6.4e11). 64 x 32
+        # spilled the backward kernels on sm_80 with 4 or 8 warps (44 - 1108 B from C_PAD 32 on); 32 x 32 with
+        # 4 warps did not up to C_PAD 64 (but for C below C_PAD = 32: 4 - 20 B; 16 x 32 does not); above, 8 warps
+        # and fewer rows.
+        block_n, num_warps = (32, 4) if c_pad <= 64 else (32, 8) if c_pad == 128 else (16, 8)
+        if c_pad == 32 and not even_c:
+            block_n = 16
+        return LaunchConfig(block_n, 32, num_warps, 1, 16, MAX_REGISTERS)
     # 32/64-bit: one configuration for forward and backward of an op, so that both compute every logit
     # with the same expression on the same tile shape and get bitwise the same value: then a row whose
     # softmax is one-hot in float32 gets P = exp2(logit - lse) = 1.0 exactly in the backward, and its

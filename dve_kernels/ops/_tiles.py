@@ -114,8 +114,42 @@ def _dot_nt_tensor_core(a_tile, b_tile, scale_log2e, SCALE_A: tl.constexpr, OUT_
 
 
 @triton.jit
+def _split_tf32(x):
+    """float32 ``x`` as ``hi + lo`` with both halves exactly representable in TF32 (1 + 10 significand bits).
+
+    ``hi``: ``x``'s bits rounded to the nearest multiple of 2^13 in the low word (add half of 0x2000, clear the low
+    13 bits with the mask 0xFFFFE000; a carry into the exponent is the correct rounding); ``lo = x - hi`` is exact
+    (|lo| <= 2^-12 |x|) and is rounded to TF32 the same way. ``x - hi - lo`` is below 2^-24 |x|: the split keeps
+    float32's 24 bits. Infinities stay infinite in ``hi``; NaN stays NaN."""
+    hi = ((x.to(tl.int32, bitcast=True) + 0x1000) & -8192).to(tl.float32, bitcast=True)
+    rest = x - hi
+    lo = ((rest.to(tl.int32, bitcast=True) + 0x1000) & -8192).to(tl.float32, bitcast=True)
+    return hi, lo
+
+
+@triton.jit
+def _dot(a, b, OUT_DTYPE: tl.constexpr, DOT_ALGO: tl.constexpr):
+    """``a @ b`` accumulated in OUT_DTYPE, by DOT_ALGO for float32 operands (see ``_launch.DOT_ALGORITHMS``).
+
+    DOT_IEEE (0): FMA dot, IEEE float32. DOT_3XTF32 (1): three tensor-core TF32 dots of the explicit split
+    ``a_hi b_hi + a_hi b_lo + a_lo b_hi`` (_split_tf32); every partial product of two TF32 values is exact in
+    float32 (11 x 11 significand bits), so the interpreter computes the same products as the tensor cores; small
+    terms first; the dropped ``a_lo b_lo`` is below 2^-24 of the product. 16-bit and float64 operands ignore
+    DOT_ALGO (tensor-core / IEEE dots as before)."""
+    if a.dtype == tl.float32 and DOT_ALGO == 1:
+        a_hi, a_lo = _split_tf32(a)
+        b_hi, b_lo = _split_tf32(b)
+        out = tl.dot(a_lo, b_hi, input_precision="tf32", out_dtype=OUT_DTYPE)
+        out = tl.dot(a_hi, b_lo, out, input_precision="tf32", out_dtype=OUT_DTYPE)
+        out = tl.dot(a_hi, b_hi, out, input_precision="tf32", out_dtype=OUT_DTYPE)
+    else:
+        out = tl.dot(a, b, input_precision="ieee", out_dtype=OUT_DTYPE)
+    return out
+
+
+@triton.jit
 def _dot_nt_fma(A, a_rows, a_mask, B, b_rows, b_mask, C, scale_log2e, SCALE_A: tl.constexpr, C_PAD: tl.constexpr,
-                K_CHUNK: tl.constexpr, OUT_DTYPE: tl.constexpr, EVEN_C: tl.constexpr):
+                K_CHUNK: tl.constexpr, OUT_DTYPE: tl.constexpr, EVEN_C: tl.constexpr, DOT_ALGO: tl.constexpr = 0):
     """32/64-bit data: dot(A rows, B rows^T) as IEEE FMA dots over K_CHUNK-wide channel slices read from memory.
 
     ``input_precision="ieee"`` makes this an FMA dot, whose operand fragments hold the whole reduction
@@ -137,14 +171,14 @@ def _dot_nt_fma(A, a_rows, a_mask, B, b_rows, b_mask, C, scale_log2e, SCALE_A: t
             a = a * scale_log2e
         b = tl.load(B + b_rows[:, None] * stride + offs_k[None, :], mask=b_mask[:, None] & mask_k[None, :],
                     other=0.0)
-        out += tl.dot(a, tl.trans(b), input_precision="ieee", out_dtype=OUT_DTYPE)
+        out += _dot(a, tl.trans(b), OUT_DTYPE, DOT_ALGO)
     return out
 
 
 @triton.jit
 def _dot_nt(A, a_rows, a_mask, a_tile, B, b_rows, b_mask, b_tile, C, scale_log2e,
             SCALE_A: tl.constexpr, C_PAD: tl.constexpr, K_CHUNK: tl.constexpr, OUT_DTYPE: tl.constexpr,
-            EVEN_C: tl.constexpr = False):
+            EVEN_C: tl.constexpr = False, DOT_ALGO: tl.constexpr = 0):
     """dot(A_tile, B_tile^T) over the C channels: (rows of A) x (rows of B), times scale_log2e if SCALE_A.
 
     16-bit data: _dot_nt_tensor_core on the register tiles a_tile / b_tile. 32/64-bit data: _dot_nt_fma
@@ -156,5 +190,5 @@ def _dot_nt(A, a_rows, a_mask, a_tile, B, b_rows, b_mask, b_tile, C, scale_log2e
         out = _dot_nt_tensor_core(a_tile, b_tile, scale_log2e, SCALE_A=SCALE_A, OUT_DTYPE=OUT_DTYPE)
     else:
         out = _dot_nt_fma(A, a_rows, a_mask, B, b_rows, b_mask, C, scale_log2e, SCALE_A=SCALE_A, C_PAD=C_PAD,
-                          K_CHUNK=K_CHUNK, OUT_DTYPE=OUT_DTYPE, EVEN_C=EVEN_C)
+                          K_CHUNK=K_CHUNK, OUT_DTYPE=OUT_DTYPE, EVEN_C=EVEN_C, DOT_ALGO=DOT_ALGO)
     return out

@@ -21,7 +21,8 @@ from ._launch import (
     channel_pad,
     CHANNEL_PADS,
     check_runnable,
-    FEATURE_DTYPES,
+    dot_algorithm,
+    dtype_variants,
     FP_FUSION,
     launch_config,
     log2_scale,
@@ -32,6 +33,7 @@ from ._launch import (
 from ._tiles import (
     _full_tiles_end,
     _coordinate_stride,
+    _dot,
     _dot_nt,
     _join_scalar,
     _load_rows,
@@ -51,7 +53,7 @@ from ._tiles import (
 @triton.jit
 def _exchange_fwd_step(query, query_base, offs_n, mask_n, aux_base, start_m, M, C, m_i, l_i, acc, scale_log2e,
                        C_PAD: tl.constexpr, BLOCK_M: tl.constexpr, K_CHUNK: tl.constexpr, IS_FP64: tl.constexpr,
-                       EVEN_C: tl.constexpr, MASK_M: tl.constexpr):
+                       EVEN_C: tl.constexpr, MASK_M: tl.constexpr, DOT_ALGO: tl.constexpr):
     acc_dtype: tl.constexpr = tl.float64 if IS_FP64 else tl.float32
     offs_m = start_m + tl.arange(0, BLOCK_M)
     mask_m = offs_m < M
@@ -61,11 +63,11 @@ def _exchange_fwd_step(query, query_base, offs_n, mask_n, aux_base, start_m, M, 
     else:
         # ieee: float32 must not silently run in TF32 (SPEC.md section 4)
         logits = _dot_nt(query_base, offs_n, mask_n, query, aux_base, offs_m, mask_m, aux, C, scale_log2e,
-                         True, C_PAD, K_CHUNK, acc_dtype, EVEN_C)
+                         True, C_PAD, K_CHUNK, acc_dtype, EVEN_C, DOT_ALGO=DOT_ALGO)
     m_new, p = _softmax_tile(logits, m_i, mask_m, scale_log2e, query.dtype.primitive_bitwidth >= 32, MASK_M)
     alpha = tl.exp2(m_i - m_new)  # rescales what was accumulated under the old max
     l_i = l_i * alpha + tl.sum(p, 1)
-    acc = acc * alpha[:, None] + tl.dot(p.to(aux.dtype), aux, input_precision="ieee", out_dtype=acc_dtype)
+    acc = acc * alpha[:, None] + _dot(p.to(aux.dtype), aux, acc_dtype, DOT_ALGO)
     return m_new, l_i, acc
 
 
@@ -75,7 +77,7 @@ def _exchange_fwd_kernel(
     N, M, C,
     SCALE_LOG2E_HI, SCALE_LOG2E_LO,
     C_PAD: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, K_CHUNK: tl.constexpr,
-    IS_FP64: tl.constexpr, EVEN_C: tl.constexpr,
+    IS_FP64: tl.constexpr, EVEN_C: tl.constexpr, DOT_ALGO: tl.constexpr,
 ):
     pid_n = tl.program_id(0)
     batch = tl.program_id(1).to(tl.int64)  # int64: batch * N * C can pass 2^31
@@ -98,10 +100,10 @@ def _exchange_fwd_kernel(
     full_m = _full_tiles_end(M, BLOCK_M, LOW_PRECISION=query.dtype.primitive_bitwidth < 32)
     for start_m in range(0, full_m, BLOCK_M):
         m_i, l_i, acc = _exchange_fwd_step(query, query_base, offs_n, mask_n, aux_base, start_m, M, C, m_i, l_i, acc,
-                                           scale_log2e, C_PAD, BLOCK_M, K_CHUNK, IS_FP64, EVEN_C, False)
+                                           scale_log2e, C_PAD, BLOCK_M, K_CHUNK, IS_FP64, EVEN_C, False, DOT_ALGO)
     for start_m in range(full_m, M, BLOCK_M):
         m_i, l_i, acc = _exchange_fwd_step(query, query_base, offs_n, mask_n, aux_base, start_m, M, C, m_i, l_i, acc,
-                                           scale_log2e, C_PAD, BLOCK_M, K_CHUNK, IS_FP64, EVEN_C, True)
+                                           scale_log2e, C_PAD, BLOCK_M, K_CHUNK, IS_FP64, EVEN_C, True, DOT_ALGO)
 
     out = acc / l_i[:, None]
     _store_rows(Out + batch * N * stride_c, offs_n, mask_n, out, C, C_PAD, EVEN_C)
@@ -112,23 +114,23 @@ def _exchange_fwd_kernel(
 def _exchange_bwd_query_step(query, grad_out, query_base, grad_out_base, offs_n, mask_n, lse, aux_base, start_m, M,
                              C, weighted_dp_aux, p_aux, delta, row_sum, scale_log2e,
                              C_PAD: tl.constexpr, BLOCK_M: tl.constexpr, K_CHUNK: tl.constexpr,
-                             IS_FP64: tl.constexpr, EVEN_C: tl.constexpr, MASK_M: tl.constexpr):
+                             IS_FP64: tl.constexpr, EVEN_C: tl.constexpr, MASK_M: tl.constexpr, DOT_ALGO: tl.constexpr):
     acc_dtype: tl.constexpr = tl.float64 if IS_FP64 else tl.float32
     offs_m = start_m + tl.arange(0, BLOCK_M)
     mask_m = offs_m < M
     aux = _load_rows(aux_base, offs_m, mask_m, C, C_PAD, EVEN_C, MASK_M)
     logits = _dot_nt(query_base, offs_n, mask_n, query, aux_base, offs_m, mask_m, aux, C, scale_log2e,
-                     True, C_PAD, K_CHUNK, acc_dtype, EVEN_C)
+                     True, C_PAD, K_CHUNK, acc_dtype, EVEN_C, DOT_ALGO=DOT_ALGO)
     p = tl.exp2(logits - lse[:, None])
     if MASK_M:
         p = tl.where(mask_m[None, :], p, 0.0)
     dp = _dot_nt(grad_out_base, offs_n, mask_n, grad_out, aux_base, offs_m, mask_m, aux, C, scale_log2e,
-                 False, C_PAD, K_CHUNK, acc_dtype, EVEN_C)
+                 False, C_PAD, K_CHUNK, acc_dtype, EVEN_C, DOT_ALGO=DOT_ALGO)
     p_dp = p * dp
     row_sum += tl.sum(p, 1)
     delta += tl.sum(p_dp, 1)
-    weighted_dp_aux += tl.dot(p_dp.to(aux.dtype), aux, input_precision="ieee", out_dtype=acc_dtype)
-    p_aux += tl.dot(p.to(aux.dtype), aux, input_precision="ieee", out_dtype=acc_dtype)
+    weighted_dp_aux += _dot(p_dp.to(aux.dtype), aux, acc_dtype, DOT_ALGO)
+    p_aux += _dot(p.to(aux.dtype), aux, acc_dtype, DOT_ALGO)
     return weighted_dp_aux, p_aux, delta, row_sum
 
 
@@ -138,7 +140,7 @@ def _exchange_bwd_query_kernel(
     N, M, C,
     SCALE_HI, SCALE_LO, SCALE_LOG2E_HI, SCALE_LOG2E_LO,
     C_PAD: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, K_CHUNK: tl.constexpr,
-    IS_FP64: tl.constexpr, EVEN_C: tl.constexpr,
+    IS_FP64: tl.constexpr, EVEN_C: tl.constexpr, DOT_ALGO: tl.constexpr,
 ):
     """d query_u = scale · sum_w dS_uw aux_w, dS_uw = P_uw (dP_uw - D_u), dP_uw = <dO_u, aux_w>.
 
@@ -175,11 +177,11 @@ def _exchange_bwd_query_kernel(
     for start_m in range(0, full_m, BLOCK_M):
         weighted_dp_aux, p_aux, delta, row_sum = _exchange_bwd_query_step(
             query, grad_out, query_base, grad_out_base, offs_n, mask_n, lse, aux_base, start_m, M, C,
-            weighted_dp_aux, p_aux, delta, row_sum, scale_log2e, C_PAD, BLOCK_M, K_CHUNK, IS_FP64, EVEN_C, False)
+            weighted_dp_aux, p_aux, delta, row_sum, scale_log2e, C_PAD, BLOCK_M, K_CHUNK, IS_FP64, EVEN_C, False, DOT_ALGO)
     for start_m in range(full_m, M, BLOCK_M):
         weighted_dp_aux, p_aux, delta, row_sum = _exchange_bwd_query_step(
             query, grad_out, query_base, grad_out_base, offs_n, mask_n, lse, aux_base, start_m, M, C,
-            weighted_dp_aux, p_aux, delta, row_sum, scale_log2e, C_PAD, BLOCK_M, K_CHUNK, IS_FP64, EVEN_C, True)
+            weighted_dp_aux, p_aux, delta, row_sum, scale_log2e, C_PAD, BLOCK_M, K_CHUNK, IS_FP64, EVEN_C, True, DOT_ALGO)
 
     # The stored lse is rounded at its magnitude (up to ~1e4 · 2^-24), which scales every P of a row by the
     # same factor 1 + O(1e-5): dividing by the recomputed row sum removes it.
@@ -198,7 +200,7 @@ def _exchange_bwd_query_kernel(
 def _exchange_bwd_aux_step(aux, aux_base, offs_m, mask_m, query_base, grad_out_base, stats_base, ROW_STRIDE, start_n,
                            N, C, grad_aux, scale, scale_log2e,
                            C_PAD: tl.constexpr, BLOCK_N: tl.constexpr, K_CHUNK: tl.constexpr, IS_FP64: tl.constexpr,
-                           EVEN_C: tl.constexpr, MASK_N: tl.constexpr):
+                           EVEN_C: tl.constexpr, MASK_N: tl.constexpr, DOT_ALGO: tl.constexpr):
     acc_dtype: tl.constexpr = tl.float64 if IS_FP64 else tl.float32
     offs_n = start_n + tl.arange(0, BLOCK_N)
     mask_n = offs_n < N
@@ -213,10 +215,10 @@ def _exchange_bwd_aux_step(aux, aux_base, offs_m, mask_m, query_base, grad_out_b
         # logits (~1e-5 absolute rounding at |logit| ~ 500) would otherwise disagree by that much
         # in every P of a peaked row. The transposes cost a layout conversion per tile.
         logits = _dot_nt(query_base, offs_n, mask_n, query, aux_base, offs_m, mask_m, aux, C, scale_log2e,
-                         True, C_PAD, K_CHUNK, acc_dtype, EVEN_C)
+                         True, C_PAD, K_CHUNK, acc_dtype, EVEN_C, DOT_ALGO=DOT_ALGO)
         p = tl.where(mask_m[None, :], tl.exp2(logits - lse[:, None]), 0.0) * row_scale[:, None]
         dp = _dot_nt(grad_out_base, offs_n, mask_n, grad_out, aux_base, offs_m, mask_m, aux, C, scale_log2e,
-                     False, C_PAD, K_CHUNK, acc_dtype, EVEN_C)
+                     False, C_PAD, K_CHUNK, acc_dtype, EVEN_C, DOT_ALGO=DOT_ALGO)
         p_t = tl.trans(p)
         ds_t = tl.trans(p * (dp - delta[:, None])) * scale
     else:
@@ -226,8 +228,8 @@ def _exchange_bwd_aux_step(aux, aux_base, offs_m, mask_m, query_base, grad_out_b
         p_t = p_t * row_scale[None, :]
         dp_t = tl.dot(aux, tl.trans(grad_out), out_dtype=acc_dtype)
         ds_t = p_t * (dp_t - delta[None, :]) * scale
-    grad_aux += tl.dot(p_t.to(aux.dtype), grad_out, input_precision="ieee", out_dtype=acc_dtype)
-    grad_aux += tl.dot(ds_t.to(aux.dtype), query, input_precision="ieee", out_dtype=acc_dtype)
+    grad_aux += _dot(p_t.to(aux.dtype), grad_out, acc_dtype, DOT_ALGO)
+    grad_aux += _dot(ds_t.to(aux.dtype), query, acc_dtype, DOT_ALGO)
     return grad_aux
 
 
@@ -237,7 +239,7 @@ def _exchange_bwd_aux_kernel(
     N, M, C,
     SCALE_HI, SCALE_LO, SCALE_LOG2E_HI, SCALE_LOG2E_LO,
     C_PAD: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, K_CHUNK: tl.constexpr,
-    IS_FP64: tl.constexpr, EVEN_C: tl.constexpr,
+    IS_FP64: tl.constexpr, EVEN_C: tl.constexpr, DOT_ALGO: tl.constexpr,
 ):
     """d aux_w = sum_u P_uw dO_u (value role) + scale · sum_u dS_uw query_u (key role), in one accumulator."""
     pid_m = tl.program_id(0)
@@ -261,11 +263,11 @@ def _exchange_bwd_aux_kernel(
     for start_n in range(0, full_n, BLOCK_N):
         grad_aux = _exchange_bwd_aux_step(aux, aux_base, offs_m, mask_m, query_base, grad_out_base, stats_base,
                                           row_stride, start_n, N, C, grad_aux, scale, scale_log2e, C_PAD, BLOCK_N,
-                                          K_CHUNK, IS_FP64, EVEN_C, False)
+                                          K_CHUNK, IS_FP64, EVEN_C, False, DOT_ALGO)
     for start_n in range(full_n, N, BLOCK_N):
         grad_aux = _exchange_bwd_aux_step(aux, aux_base, offs_m, mask_m, query_base, grad_out_base, stats_base,
                                           row_stride, start_n, N, C, grad_aux, scale, scale_log2e, C_PAD, BLOCK_N,
-                                          K_CHUNK, IS_FP64, EVEN_C, True)
+                                          K_CHUNK, IS_FP64, EVEN_C, True, DOT_ALGO)
 
     _store_rows(GradAux + batch * M * stride_c, offs_m, mask_m, grad_aux, C, C_PAD, EVEN_C)
 
@@ -289,14 +291,15 @@ def exchange_forward(query: torch.Tensor, aux: torch.Tensor, scale: float) -> tu
     batch, n, c = query.shape
     m = aux.shape[1]
     c_pad = channel_pad(c)
-    config = launch_config("exchange_fwd", c_pad, query.dtype)
+    dot_algo = dot_algorithm(query)
+    config = launch_config("exchange_fwd", c_pad, query.dtype, dot_algo, c == c_pad)
     out = torch.empty_like(query)
     lse = torch.empty((batch, n), dtype=accumulator_dtype(query.dtype), device=query.device)
     grid = (triton.cdiv(n, config.block_n), batch)
     _exchange_fwd_kernel[grid](
         query, aux, out, lse, n, m, c, *split_scalar(log2_scale(scale)),
         C_PAD=c_pad, BLOCK_N=config.block_n, BLOCK_M=config.block_m, K_CHUNK=config.k_chunk,
-        IS_FP64=query.dtype == torch.float64, EVEN_C=c == c_pad,
+        IS_FP64=query.dtype == torch.float64, EVEN_C=c == c_pad, DOT_ALGO=dot_algo,
         num_warps=config.num_warps, num_stages=config.num_stages, enable_fp_fusion=FP_FUSION,
         maxnreg=config.max_registers,
     )
@@ -318,7 +321,8 @@ def exchange_backward(grad_out, query, aux, out, lse, scale: float) -> tuple[tor
     batch, n, c = query.shape
     m = aux.shape[1]
     c_pad = channel_pad(c)
-    config = launch_config("exchange_bwd", c_pad, query.dtype)
+    dot_algo = dot_algorithm(query)
+    config = launch_config("exchange_bwd", c_pad, query.dtype, dot_algo, c == c_pad)
     grad_out = grad_out.contiguous().to(query.dtype)
     grad_query = torch.empty_like(query)
     grad_aux = torch.empty_like(aux)
@@ -327,7 +331,7 @@ def exchange_backward(grad_out, query, aux, out, lse, scale: float) -> tuple[tor
     stats = torch.empty((batch, 3, aligned_stride(n)), dtype=lse.dtype, device=query.device)
     scalars = (*split_scalar(scale), *split_scalar(log2_scale(scale)))
     constexprs = dict(C_PAD=c_pad, BLOCK_N=config.block_n, BLOCK_M=config.block_m, K_CHUNK=config.k_chunk,
-                      IS_FP64=query.dtype == torch.float64, EVEN_C=c == c_pad)
+                      IS_FP64=query.dtype == torch.float64, EVEN_C=c == c_pad, DOT_ALGO=dot_algo)
     launch = dict(num_warps=config.num_warps, num_stages=config.num_stages, enable_fp_fusion=FP_FUSION,
                   maxnreg=config.max_registers)
     _exchange_bwd_query_kernel[(triton.cdiv(n, config.block_n), batch)](
@@ -340,28 +344,29 @@ def exchange_backward(grad_out, query, aux, out, lse, scale: float) -> tuple[tor
 def exchange_specializations() -> list:
     """Every (kernel, constexprs, warps, stages) the launchers above can pick, for AOT compilation."""
     specs = []
-    for dtype in FEATURE_DTYPES:
+    for dtype, dot_algo, dtype_tag in dtype_variants():
         feat = "*" + triton_type(dtype)
         stat = "*" + triton_type(accumulator_dtype(dtype))
         ints = dict(N="i32", M="i32", C="i32")
-        for c_pad in CHANNEL_PADS:
-            tag = f"{triton_type(dtype)}_c{c_pad}"
-            config = launch_config("exchange_fwd", c_pad, dtype)
+        for c_pad, even_c in ((c_pad, even_c) for c_pad in CHANNEL_PADS for even_c in (True, False)):
+            tag = f"{dtype_tag}_c{c_pad}"
+            ragged = "" if even_c else "_ragged"
+            config = launch_config("exchange_fwd", c_pad, dtype, dot_algo, even_c)
             constexprs = dict(C_PAD=c_pad, BLOCK_N=config.block_n, BLOCK_M=config.block_m, K_CHUNK=config.k_chunk,
-                              IS_FP64=dtype == torch.float64, EVEN_C=True)
+                              IS_FP64=dtype == torch.float64, EVEN_C=even_c, DOT_ALGO=dot_algo)
             specs.append(make_specialization(
-                f"exchange_fwd_{tag}", _exchange_fwd_kernel,
+                f"exchange_fwd_{tag}{ragged}", _exchange_fwd_kernel,
                 dict(Query=feat, Aux=feat, Out=feat, Lse=stat, **ints, SCALE_LOG2E_HI="fp32", SCALE_LOG2E_LO="fp32"),
                 constexprs, config))
-            config = launch_config("exchange_bwd", c_pad, dtype)
+            config = launch_config("exchange_bwd", c_pad, dtype, dot_algo, even_c)
             constexprs = dict(constexprs, BLOCK_N=config.block_n, BLOCK_M=config.block_m, K_CHUNK=config.k_chunk)
             scalars = dict(SCALE_HI="fp32", SCALE_LO="fp32", SCALE_LOG2E_HI="fp32", SCALE_LOG2E_LO="fp32")
             specs.append(make_specialization(
-                f"exchange_bwd_query_{tag}", _exchange_bwd_query_kernel,
+                f"exchange_bwd_query_{tag}{ragged}", _exchange_bwd_query_kernel,
                 dict(GradOut=feat, Query=feat, Aux=feat, Lse=stat, Stats=stat, GradQuery=feat,
                      **ints, **scalars), constexprs, config))
             specs.append(make_specialization(
-                f"exchange_bwd_aux_{tag}", _exchange_bwd_aux_kernel,
+                f"exchange_bwd_aux_{tag}{ragged}", _exchange_bwd_aux_kernel,
                 dict(GradOut=feat, Query=feat, Aux=feat, Lse=stat, Stats=stat, GradAux=feat,
                      **ints, **scalars),
                 constexprs, config))

@@ -24,7 +24,8 @@ from ._launch import (
     channel_pad,
     CHANNEL_PADS,
     check_runnable,
-    FEATURE_DTYPES,
+    dot_algorithm,
+    dtype_variants,
     FP_FUSION,
     launch_config,
     log2_scale,
@@ -39,6 +40,7 @@ from ._launch import (
 from ._tiles import (
     _full_tiles_end,
     _coordinate_stride,
+    _dot,
     _dot_nt,
     _join_scalar,
     _load_rows,
@@ -74,7 +76,7 @@ def _squared_distance(x_rows, y_rows, x_cols, y_cols):
 def _warp_fwd_step(src, src_base, offs_n, mask_n, src_x, src_y, tgt_base, tgt_xy_base, XY_STRIDE, start_m, M, C,
                    m_i, l_i, acc, scale_log2e, pow_half,
                    C_PAD: tl.constexpr, BLOCK_M: tl.constexpr, K_CHUNK: tl.constexpr, POW_MODE: tl.constexpr,
-                   IS_FP64: tl.constexpr, EVEN_C: tl.constexpr, MASK_M: tl.constexpr, MUFU_ROOT: tl.constexpr):
+                   IS_FP64: tl.constexpr, EVEN_C: tl.constexpr, MASK_M: tl.constexpr, MUFU_ROOT: tl.constexpr, DOT_ALGO: tl.constexpr):
     """One BLOCK_M tile of targets: the online-softmax update of (m_i, l_i, acc). MASK_M: the partial tile.
 
     MUFU_ROOT (16-bit, pow = 0.5): this tile takes its fourth roots from two MUFU rsqrt instead of one rsqrt
@@ -96,7 +98,7 @@ def _warp_fwd_step(src, src_base, offs_n, mask_n, src_x, src_y, tgt_base, tgt_xy
     else:
         # ieee: float32 must not silently run in TF32 (SPEC.md section 4); the tgt tile is read inside _dot_nt
         logits = _dot_nt(src_base, offs_n, mask_n, src, tgt_base, offs_m, mask_m, src, C, scale_log2e,
-                         True, C_PAD, K_CHUNK, acc_dtype, EVEN_C)
+                         True, C_PAD, K_CHUNK, acc_dtype, EVEN_C, DOT_ALGO=DOT_ALGO)
         m_new, p = _softmax_tile(logits, m_i, mask_m, scale_log2e, True, MASK_M)
         dist_sum = tl.sum(p * _distance_power(r2, pow_half, POW_MODE, IS_FP64).to(acc_dtype), 1)
     alpha = tl.exp2(m_i - m_new)  # rescales what was accumulated under the old max
@@ -112,7 +114,7 @@ def _warp_fwd_kernel(
     SCALE_LOG2E_HI, SCALE_LOG2E_LO, POW_HALF_HI, POW_HALF_LO,
     C_PAD: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, K_CHUNK: tl.constexpr,
     POW_MODE: tl.constexpr,
-    IS_FP64: tl.constexpr, EVEN_C: tl.constexpr,
+    IS_FP64: tl.constexpr, EVEN_C: tl.constexpr, DOT_ALGO: tl.constexpr,
 ):
     """L_u and the log2-sum-exp2 of row u, one source tile per program, iterating over target tiles.
 
@@ -151,25 +153,25 @@ def _warp_fwd_kernel(
         for start_m in range(0, first_m, 3 * BLOCK_M):
             m_i, l_i, acc = _warp_fwd_step(src, src_base, offs_n, mask_n, src_x, src_y, tgt_base, tgt_xy_base,
                                            tgt_xy_stride, start_m, M, C, m_i, l_i, acc, scale_log2e, pow_half,
-                                           C_PAD, BLOCK_M, K_CHUNK, POW_MODE, IS_FP64, EVEN_C, False, False)
+                                           C_PAD, BLOCK_M, K_CHUNK, POW_MODE, IS_FP64, EVEN_C, False, False, DOT_ALGO)
             m_i, l_i, acc = _warp_fwd_step(src, src_base, offs_n, mask_n, src_x, src_y, tgt_base, tgt_xy_base,
                                            tgt_xy_stride, start_m + BLOCK_M, M, C, m_i, l_i, acc, scale_log2e,
                                            pow_half, C_PAD, BLOCK_M, K_CHUNK, POW_MODE, IS_FP64, EVEN_C, False,
-                                           False)
+                                           False, DOT_ALGO)
             m_i, l_i, acc = _warp_fwd_step(src, src_base, offs_n, mask_n, src_x, src_y, tgt_base, tgt_xy_base,
                                            tgt_xy_stride, start_m + 2 * BLOCK_M, M, C, m_i, l_i, acc, scale_log2e,
                                            pow_half, C_PAD, BLOCK_M, K_CHUNK, POW_MODE, IS_FP64, EVEN_C, False,
-                                           True)
+                                           True, DOT_ALGO)
     else:
         first_m = 0
     for start_m in range(first_m, full_m, BLOCK_M):  # full tiles: no masks
         m_i, l_i, acc = _warp_fwd_step(src, src_base, offs_n, mask_n, src_x, src_y, tgt_base, tgt_xy_base,
                                        tgt_xy_stride, start_m, M, C, m_i, l_i, acc, scale_log2e, pow_half,
-                                       C_PAD, BLOCK_M, K_CHUNK, POW_MODE, IS_FP64, EVEN_C, False, False)
+                                       C_PAD, BLOCK_M, K_CHUNK, POW_MODE, IS_FP64, EVEN_C, False, False, DOT_ALGO)
     for start_m in range(full_m, M, BLOCK_M):  # the partial tile, if any
         m_i, l_i, acc = _warp_fwd_step(src, src_base, offs_n, mask_n, src_x, src_y, tgt_base, tgt_xy_base,
                                        tgt_xy_stride, start_m, M, C, m_i, l_i, acc, scale_log2e, pow_half,
-                                       C_PAD, BLOCK_M, K_CHUNK, POW_MODE, IS_FP64, EVEN_C, True, False)
+                                       C_PAD, BLOCK_M, K_CHUNK, POW_MODE, IS_FP64, EVEN_C, True, False, DOT_ALGO)
 
     tl.store(Rows + batch * N + offs_n, acc / l_i, mask=mask_n)
     tl.store(Lse + batch * N + offs_n, m_i + tl.log2(l_i), mask=mask_n)
@@ -179,7 +181,7 @@ def _warp_fwd_kernel(
 def _warp_bwd_src_step(src, src_base, offs_n, mask_n, src_x, src_y, lse, tgt_base, tgt_xy_base, XY_STRIDE,
                        start_m, M, C, p_dist_tgt, p_tgt, p_dist, row_sum, scale_log2e, pow_half,
                        C_PAD: tl.constexpr, BLOCK_M: tl.constexpr, K_CHUNK: tl.constexpr, POW_MODE: tl.constexpr,
-                       IS_FP64: tl.constexpr, EVEN_C: tl.constexpr, MASK_M: tl.constexpr):
+                       IS_FP64: tl.constexpr, EVEN_C: tl.constexpr, MASK_M: tl.constexpr, DOT_ALGO: tl.constexpr):
     acc_dtype: tl.constexpr = tl.float64 if IS_FP64 else tl.float32
     offs_m = start_m + tl.arange(0, BLOCK_M)
     mask_m = offs_m < M
@@ -187,7 +189,7 @@ def _warp_bwd_src_step(src, src_base, offs_n, mask_n, src_x, src_y, lse, tgt_bas
     tgt_x = _load_vector(tgt_xy_base, offs_m, mask_m, MASK_M)
     tgt_y = _load_vector(tgt_xy_base + XY_STRIDE, offs_m, mask_m, MASK_M)
     logits = _dot_nt(src_base, offs_n, mask_n, src, tgt_base, offs_m, mask_m, tgt, C, scale_log2e,
-                     True, C_PAD, K_CHUNK, acc_dtype, EVEN_C)
+                     True, C_PAD, K_CHUNK, acc_dtype, EVEN_C, DOT_ALGO=DOT_ALGO)
     p = tl.exp2(logits - lse[:, None])
     if MASK_M:
         p = tl.where(mask_m[None, :], p, 0.0)
@@ -197,8 +199,8 @@ def _warp_bwd_src_step(src, src_base, offs_n, mask_n, src_x, src_y, lse, tgt_bas
     pd = p * dist
     row_sum += tl.sum(p, 1)
     p_dist += tl.sum(pd, 1)
-    p_dist_tgt += tl.dot(pd.to(tgt.dtype), tgt, input_precision="ieee", out_dtype=acc_dtype)
-    p_tgt += tl.dot(p.to(tgt.dtype), tgt, input_precision="ieee", out_dtype=acc_dtype)
+    p_dist_tgt += _dot(pd.to(tgt.dtype), tgt, acc_dtype, DOT_ALGO)
+    p_tgt += _dot(p.to(tgt.dtype), tgt, acc_dtype, DOT_ALGO)
     return p_dist_tgt, p_tgt, p_dist, row_sum
 
 
@@ -209,7 +211,7 @@ def _warp_bwd_src_kernel(
     SCALE_HI, SCALE_LO, SCALE_LOG2E_HI, SCALE_LOG2E_LO, POW_HALF_HI, POW_HALF_LO,
     C_PAD: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, K_CHUNK: tl.constexpr,
     POW_MODE: tl.constexpr,
-    IS_FP64: tl.constexpr, EVEN_C: tl.constexpr,
+    IS_FP64: tl.constexpr, EVEN_C: tl.constexpr, DOT_ALGO: tl.constexpr,
 ):
     """d src_u = scale · upstream_u · sum_v p_uv (d_uv - L_u) tgt_v, one source tile per program.
 
@@ -251,12 +253,12 @@ def _warp_bwd_src_kernel(
         p_dist_tgt, p_tgt, p_dist, row_sum = _warp_bwd_src_step(
             src, src_base, offs_n, mask_n, src_x, src_y, lse, tgt_base, tgt_xy_base, tgt_xy_stride, start_m, M, C,
             p_dist_tgt, p_tgt, p_dist, row_sum, scale_log2e, pow_half, C_PAD, BLOCK_M, K_CHUNK, POW_MODE, IS_FP64,
-            EVEN_C, False)
+            EVEN_C, False, DOT_ALGO)
     for start_m in range(full_m, M, BLOCK_M):
         p_dist_tgt, p_tgt, p_dist, row_sum = _warp_bwd_src_step(
             src, src_base, offs_n, mask_n, src_x, src_y, lse, tgt_base, tgt_xy_base, tgt_xy_stride, start_m, M, C,
             p_dist_tgt, p_tgt, p_dist, row_sum, scale_log2e, pow_half, C_PAD, BLOCK_M, K_CHUNK, POW_MODE, IS_FP64,
-            EVEN_C, True)
+            EVEN_C, True, DOT_ALGO)
 
     row_scale = 1.0 / tl.where(mask_n, row_sum, 1.0)
     rows = p_dist * row_scale
@@ -272,7 +274,7 @@ def _warp_bwd_src_kernel(
 def _warp_bwd_tgt_step(tgt, tgt_base, offs_m, mask_m, tgt_x, tgt_y, src_base, src_xy_base, stats_base, ROW_STRIDE,
                        start_n, N, C, grad_tgt, scale_log2e, pow_half,
                        C_PAD: tl.constexpr, BLOCK_N: tl.constexpr, K_CHUNK: tl.constexpr, POW_MODE: tl.constexpr,
-                       IS_FP64: tl.constexpr, EVEN_C: tl.constexpr, MASK_N: tl.constexpr):
+                       IS_FP64: tl.constexpr, EVEN_C: tl.constexpr, MASK_N: tl.constexpr, DOT_ALGO: tl.constexpr):
     acc_dtype: tl.constexpr = tl.float64 if IS_FP64 else tl.float32
     offs_n = start_n + tl.arange(0, BLOCK_N)
     mask_n = offs_n < N
@@ -286,7 +288,7 @@ def _warp_bwd_tgt_step(tgt, tgt_base, offs_m, mask_m, tgt_x, tgt_y, src_base, sr
         # 32/64-bit: the very expressions of the src kernel (operands, orientation, tile shape), so p
         # and d are bitwise the ones L_u and the row scale were built from (see the exchange aux kernel)
         logits = _dot_nt(src_base, offs_n, mask_n, src, tgt_base, offs_m, mask_m, tgt, C, scale_log2e, True,
-                         C_PAD, K_CHUNK, acc_dtype, EVEN_C)
+                         C_PAD, K_CHUNK, acc_dtype, EVEN_C, DOT_ALGO=DOT_ALGO)
         p = tl.where(mask_m[None, :], tl.exp2(logits - lse[:, None]), 0.0)
         dist = _distance_power(_squared_distance(src_x, src_y, tgt_x, tgt_y), pow_half, POW_MODE,
                                IS_FP64).to(acc_dtype)
@@ -296,7 +298,7 @@ def _warp_bwd_tgt_step(tgt, tgt_base, offs_m, mask_m, tgt_x, tgt_y, src_base, sr
         p_t = tl.exp2(tl.dot(tgt, tl.trans(src), out_dtype=acc_dtype) * scale_log2e - lse[None, :])
         dist_t = _distance_power(_squared_distance(tgt_x, tgt_y, src_x, src_y), pow_half, POW_MODE, IS_FP64, True)
         dlogit_t = p_t * (dist_t - rows[None, :]) * weight[None, :]
-    grad_tgt += tl.dot(dlogit_t.to(src.dtype), src, input_precision="ieee", out_dtype=acc_dtype)
+    grad_tgt += _dot(dlogit_t.to(src.dtype), src, acc_dtype, DOT_ALGO)
     return grad_tgt
 
 
@@ -307,7 +309,7 @@ def _warp_bwd_tgt_kernel(
     SCALE_HI, SCALE_LO, SCALE_LOG2E_HI, SCALE_LOG2E_LO, POW_HALF_HI, POW_HALF_LO,
     C_PAD: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, K_CHUNK: tl.constexpr,
     POW_MODE: tl.constexpr,
-    IS_FP64: tl.constexpr, EVEN_C: tl.constexpr,
+    IS_FP64: tl.constexpr, EVEN_C: tl.constexpr, DOT_ALGO: tl.constexpr,
 ):
     """d tgt_v = scale · sum_u p_uv (d_uv - L_u) upstream_u · src_u, one target tile per program."""
     pid_m = tl.program_id(0)
@@ -335,11 +337,11 @@ def _warp_bwd_tgt_kernel(
     for start_n in range(0, full_n, BLOCK_N):
         grad_tgt = _warp_bwd_tgt_step(tgt, tgt_base, offs_m, mask_m, tgt_x, tgt_y, src_base, src_xy_base, stats_base,
                                       row_stride, start_n, N, C, grad_tgt, scale_log2e, pow_half, C_PAD, BLOCK_N,
-                                      K_CHUNK, POW_MODE, IS_FP64, EVEN_C, False)
+                                      K_CHUNK, POW_MODE, IS_FP64, EVEN_C, False, DOT_ALGO)
     for start_n in range(full_n, N, BLOCK_N):
         grad_tgt = _warp_bwd_tgt_step(tgt, tgt_base, offs_m, mask_m, tgt_x, tgt_y, src_base, src_xy_base, stats_base,
                                       row_stride, start_n, N, C, grad_tgt, scale_log2e, pow_half, C_PAD, BLOCK_N,
-                                      K_CHUNK, POW_MODE, IS_FP64, EVEN_C, True)
+                                      K_CHUNK, POW_MODE, IS_FP64, EVEN_C, True, DOT_ALGO)
 
     _store_rows(GradTgt + batch * M * stride_c, offs_m, mask_m, grad_tgt * scale, C, C_PAD, EVEN_C)
 
@@ -384,7 +386,8 @@ def warp_loss_forward(src, tgt, src_xy, tgt_xy, pow: float, scale: float) -> tup
     batch, n, c = src.shape
     m = tgt.shape[1]
     c_pad = channel_pad(c)
-    config = launch_config("warp_fwd", c_pad, src.dtype)
+    dot_algo = dot_algorithm(src)
+    config = launch_config("warp_fwd", c_pad, src.dtype, dot_algo, c == c_pad)
     src_planar = _coordinates(src_xy, batch, src, pow)
     tgt_planar = _coordinates(tgt_xy, batch, src, pow)
     stat_dtype = accumulator_dtype(src.dtype)
@@ -394,7 +397,7 @@ def warp_loss_forward(src, tgt, src_xy, tgt_xy, pow: float, scale: float) -> tup
         src, tgt, src_planar, tgt_planar, rows, lse, n, m, c,
         *split_scalar(log2_scale(scale)), *split_scalar(0.5 * pow),
         C_PAD=c_pad, BLOCK_N=config.block_n, BLOCK_M=config.block_m, K_CHUNK=config.k_chunk,
-        POW_MODE=pow_mode(pow), IS_FP64=src.dtype == torch.float64, EVEN_C=c == c_pad,
+        POW_MODE=pow_mode(pow), IS_FP64=src.dtype == torch.float64, EVEN_C=c == c_pad, DOT_ALGO=dot_algo,
         num_warps=config.num_warps, num_stages=config.num_stages, enable_fp_fusion=FP_FUSION,
         maxnreg=config.max_registers,
     )
@@ -414,7 +417,8 @@ def warp_loss_backward(grad_rows, src, tgt, src_xy, tgt_xy, rows, lse, pow: floa
     batch, n, c = src.shape
     m = tgt.shape[1]
     c_pad = channel_pad(c)
-    config = launch_config("warp_bwd", c_pad, src.dtype)
+    dot_algo = dot_algorithm(src)
+    config = launch_config("warp_bwd", c_pad, src.dtype, dot_algo, c == c_pad)
     src_planar = _coordinates(src_xy, batch, src, pow)
     tgt_planar = _coordinates(tgt_xy, batch, src, pow)
     grad_rows = grad_rows.contiguous().to(rows.dtype)
@@ -426,7 +430,7 @@ def warp_loss_backward(grad_rows, src, tgt, src_xy, tgt_xy, rows, lse, pow: floa
     stats = torch.empty((batch, 3, src_planar.shape[-1]), dtype=rows.dtype, device=src.device)
     scalars = (*split_scalar(scale), *split_scalar(log2_scale(scale)), *split_scalar(0.5 * pow))
     constexprs = dict(C_PAD=c_pad, BLOCK_N=config.block_n, BLOCK_M=config.block_m, K_CHUNK=config.k_chunk,
-                      POW_MODE=pow_mode(pow), IS_FP64=src.dtype == torch.float64, EVEN_C=c == c_pad)
+                      POW_MODE=pow_mode(pow), IS_FP64=src.dtype == torch.float64, EVEN_C=c == c_pad, DOT_ALGO=dot_algo)
     launch = dict(num_warps=config.num_warps, num_stages=config.num_stages, enable_fp_fusion=FP_FUSION,
                   maxnreg=config.max_registers)
     _warp_bwd_src_kernel[(triton.cdiv(n, config.block_n), batch)](
@@ -439,24 +443,25 @@ def warp_loss_backward(grad_rows, src, tgt, src_xy, tgt_xy, rows, lse, pow: floa
 def warp_loss_specializations() -> list:
     """Every (kernel, constexprs, warps, stages) the launchers above can pick, for AOT compilation."""
     specs = []
-    for dtype in FEATURE_DTYPES:
+    for dtype, dot_algo, dtype_tag in dtype_variants():
         feat = "*" + triton_type(dtype)
         stat = "*" + triton_type(accumulator_dtype(dtype))
         ints = dict(N="i32", M="i32", C="i32")
-        for c_pad in CHANNEL_PADS:
+        for c_pad, even_c in ((c_pad, even_c) for c_pad in CHANNEL_PADS for even_c in (True, False)):
             for mode in POW_MODES:
-                tag = f"{triton_type(dtype)}_c{c_pad}_{POW_MODE_NAMES[mode]}"
-                config = launch_config("warp_fwd", c_pad, dtype)
+                tag = f"{dtype_tag}_c{c_pad}_{POW_MODE_NAMES[mode]}"
+                ragged = "" if even_c else "_ragged"
+                config = launch_config("warp_fwd", c_pad, dtype, dot_algo, even_c)
                 constexprs = dict(C_PAD=c_pad, BLOCK_N=config.block_n, BLOCK_M=config.block_m,
                                   K_CHUNK=config.k_chunk, POW_MODE=mode,
-                                  IS_FP64=dtype == torch.float64, EVEN_C=True)
+                                  IS_FP64=dtype == torch.float64, EVEN_C=even_c, DOT_ALGO=dot_algo)
                 specs.append(make_specialization(
-                    f"warp_fwd_{tag}", _warp_fwd_kernel,
+                    f"warp_fwd_{tag}{ragged}", _warp_fwd_kernel,
                     dict(Src=feat, Tgt=feat, SrcXY=stat, TgtXY=stat, Rows=stat, Lse=stat, **ints,
                          SCALE_LOG2E_HI="fp32", SCALE_LOG2E_LO="fp32", POW_HALF_HI="fp32", POW_HALF_LO="fp32"),
                     constexprs, config,
                     tiles_per_iteration=3 if dtype.itemsize == 2 and mode == POW_FOURTH_ROOT else 1))
-                config = launch_config("warp_bwd", c_pad, dtype)
+                config = launch_config("warp_bwd", c_pad, dtype, dot_algo, even_c)
                 constexprs = dict(constexprs, BLOCK_N=config.block_n, BLOCK_M=config.block_m,
                                   K_CHUNK=config.k_chunk)
                 arg_types = dict(GradRows=stat, Src=feat, Tgt=feat, SrcXY=stat, TgtXY=stat, Lse=stat,
@@ -464,9 +469,9 @@ def warp_loss_specializations() -> list:
                                  SCALE_LOG2E_HI="fp32", SCALE_LOG2E_LO="fp32", POW_HALF_HI="fp32",
                                  POW_HALF_LO="fp32")
                 specs.append(make_specialization(
-                    f"warp_bwd_src_{tag}", _warp_bwd_src_kernel, arg_types, constexprs, config))
+                    f"warp_bwd_src_{tag}{ragged}", _warp_bwd_src_kernel, arg_types, constexprs, config))
                 specs.append(make_specialization(
-                    f"warp_bwd_tgt_{tag}", _warp_bwd_tgt_kernel, arg_types, constexprs, config))
+                    f"warp_bwd_tgt_{tag}{ragged}", _warp_bwd_tgt_kernel, arg_types, constexprs, config))
     return specs
 
 
