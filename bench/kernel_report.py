@@ -11,7 +11,8 @@ the CPU (``triton.compile`` with a ``GPUTarget``; the same compilation as ``test
   FMA-pipe instructions and warp issue slots (``n_instructions · num_warps / pairs``);
 - a modelled H100 SXM bound in pairs/s for the sm_90 build: the smallest of the issue bound
   (4 warp-instructions per clock per SM), the MUFU bound (16 lanes per clock per SM, about 3.9e12 ops/s for the
-  chip) and, for 16-bit data, the tensor-core bound (989 TFLOP/s dense at ``2·C_PAD`` flops per dot per pair).
+  chip) and, for 16-bit data, the tensor-core bound (989 TFLOP/s dense at ``2·C_PAD`` flops per dot per pair;
+  for float32 through the TF32 split (``_tf32x3_`` rows) 494.7 TFLOP/s TF32 at three dots per dot).
 
 Calibration: the same model applied to a FlashAttention-style forward of published H100 speed
 (:mod:`bench.calibration`, head dimension 64, bf16) predicts about 2.3x what Triton's tutorial kernel measures
@@ -27,7 +28,8 @@ not a per-kernel correction.
 Usage: ``python -m bench.kernel_report [--arch 80 --arch 90] [--filter fp32_c64] [--jobs 2]``; writes
 ``bench/results/static/kernel_report.json`` and ``kernel_report.md`` (committed, so every change to a kernel
 shows its cost). ``--calibrate`` recompiles only the calibration kernel and rewrites ``calibration.json``;
-``--from-json`` re-renders the markdown from the committed JSON without compiling anything.
+``--from-json`` re-renders the markdown from the committed JSON without compiling anything; ``--merge`` compiles
+only what ``--filter`` selects and replaces those rows of the committed JSON.
 ``pytest bench/test_kernel_report.py`` checks it on the C = 64 specialisations.
 """
 
@@ -52,6 +54,7 @@ H100_CLOCK_HZ = 1.83e9
 ISSUE_PER_CLOCK_PER_SM = 4
 MUFU_LANES_PER_CLOCK_PER_SM = 16
 H100_TENSOR_FLOPS_16BIT = 989e12
+H100_TENSOR_FLOPS_TF32 = 494.7e12  # dense TF32 (the split runs three TF32 dots per float32 dot)
 MUFU_CEILING = MUFU_LANES_PER_CLOCK_PER_SM * H100_SMS * H100_CLOCK_HZ
 # Dots of length C_PAD per (u, v) pair in each pass (forward: logits (+ P·V); backward: recomputed logits, dP,
 # and one or two gradient products).
@@ -158,10 +161,12 @@ def analyse(spec, arch: int, compiled) -> dict:
         bounds = {"issue_bound": ISSUE_PER_CLOCK_PER_SM * clock / max(per_pair["issue_slots_per_pair"], 1e-12)}
         if per_pair["mufu_per_pair"]:
             bounds["mufu_bound"] = MUFU_LANES_PER_CLOCK_PER_SM * clock / per_pair["mufu_per_pair"]
+        depth = spec.constexprs.get("C_PAD", spec.constexprs.get("HEAD_DIM"))
+        flops = 2 * depth * DOTS_PER_PAIR[pass_of(spec.name)]
         if "fp16" in spec.name or "bf16" in spec.name:
-            depth = spec.constexprs.get("C_PAD", spec.constexprs.get("HEAD_DIM"))
-            flops = 2 * depth * DOTS_PER_PAIR[pass_of(spec.name)]
             bounds["tensor_bound"] = H100_TENSOR_FLOPS_16BIT / flops
+        elif "_tf32x3_" in spec.name:
+            bounds["tensor_bound"] = H100_TENSOR_FLOPS_TF32 / (3 * flops)
         report.update(bounds)
         report["modelled_pairs_per_s"] = min(bounds.values())
         report["limited_by"] = min(bounds, key=bounds.get).replace("_bound", "")
@@ -288,6 +293,32 @@ def calibration_markdown(calibration: dict | None) -> list[str]:
     return lines
 
 
+def float32_paths_markdown(rows: list[dict], calibration: dict | None) -> list[str]:
+    """sm_90 float32 rows side by side: IEEE FMA dots (``_fp32_``) against the TF32 split (``_tf32x3_``)."""
+    by_name = {row["name"]: row for row in rows if row.get("arch") == 90 and "error" not in row}
+    pairs = [(row, by_name.get(row["name"].replace("_fp32_", "_tf32x3_"))) for row in by_name.values()
+             if "_fp32_" in row["name"]]
+    pairs = [(ieee, split) for ieee, split in pairs if split]
+    if not pairs:
+        return []
+    lines = ["## float32: IEEE FMA dots against the three-way TF32 split (sm_90, modelled H100 pairs/s)", "",
+             "| kernel | IEEE raw | IEEE calibrated | IEEE limited by | split raw | split calibrated | split limited by "
+             "| split / IEEE |", "|---|---|---|---|---|---|---|---|"]
+    for ieee, split in pairs:
+        a, b = ieee.get("modelled_pairs_per_s"), split.get("modelled_pairs_per_s")
+        lines.append(f"| {ieee['name'].replace('_fp32_', '_<fp32>_')} | {_fmt(a)} | {_fmt(calibrated(a, calibration))} | "
+                     f"{ieee.get('limited_by', '')} | {_fmt(b)} | {_fmt(calibrated(b, calibration))} | "
+                     f"{split.get('limited_by', '')} | {_fmt(b / a) if a and b else ''} |")
+    return lines + [""]
+
+
+def merge_rows(old: list[dict], new: list[dict]) -> list[dict]:
+    """``old`` with every row of ``new`` in place of the one of the same (name, arch), or appended."""
+    fresh = {(row["name"], row["arch"]): row for row in new}
+    merged = [fresh.pop((row["name"], row["arch"]), row) for row in old]
+    return merged + [row for row in new if (row["name"], row["arch"]) in fresh]
+
+
 def markdown(rows: list[dict], calibration: dict | None = None) -> str:
     calibration = calibration if calibration is not None else load_calibration()
     factor = calibration["factor"] if calibration else None
@@ -303,6 +334,7 @@ def markdown(rows: list[dict], calibration: dict | None = None) -> str:
         "Every bound is shown raw and divided by the calibration factor below.",
         "",
         *calibration_markdown(calibration),
+        *float32_paths_markdown(rows, calibration),
         "## Kernels",
         "",
         header,
@@ -343,6 +375,8 @@ def main(argv=None) -> int:
     parser.add_argument("--calibrate", action="store_true", help="recompile the calibration kernel first")
     parser.add_argument("--from-json", action="store_true",
                         help="re-render the markdown from OUT/kernel_report.json, compiling nothing else")
+    parser.add_argument("--merge", action="store_true",
+                        help="replace (or add) only the compiled rows in OUT/kernel_report.json, keep the others")
     args = parser.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
         parser.error("unset TRITON_INTERPRET: interpreted kernels cannot be compiled")
@@ -353,6 +387,9 @@ def main(argv=None) -> int:
             rows = json.load(handle)
     else:
         rows = build(tuple(args.arch or (80, 90)), args.filter, args.jobs, args.ragged)
+        if args.merge:
+            with open(os.path.join(args.out, "kernel_report.json")) as handle:
+                rows = merge_rows(json.load(handle), rows)
     write(rows, args.out, calibration)
     print(markdown(rows, calibration))
     return 1 if any("error" in row for row in rows) else 0

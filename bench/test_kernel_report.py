@@ -74,3 +74,16 @@ def test_markdown_shows_raw_and_calibrated_bounds():
     assert "4.00e+12 / 3.00e+12 / 5.00e+12" in line and "2.00e+12 / 1.50e+12 / 2.50e+12" in line, line
     assert line.count("1.50e+12") == 2, line  # the calibrated bound, and in the divided triple
     assert "Calibration factor: **2.00**" in text
+
+
+def test_merge_and_float32_side_by_side():
+    old = [{"name": "a", "arch": 80}, {"name": "exchange_fwd_fp32_c64", "arch": 90, "modelled_pairs_per_s": 2e11,
+                                       "limited_by": "issue"}]
+    new = [{"name": "a", "arch": 80, "fresh": True},
+           {"name": "exchange_fwd_tf32x3_c64", "arch": 90, "modelled_pairs_per_s": 6e11, "limited_by": "tensor"}]
+    merged = kernel_report.merge_rows(old, new)
+    assert [r["name"] for r in merged] == ["a", "exchange_fwd_fp32_c64", "exchange_fwd_tf32x3_c64"]
+    assert merged[0].get("fresh") is True
+    lines = kernel_report.float32_paths_markdown(merged, {"factor": 2.0})
+    row = next(line for line in lines if line.startswith("| exchange_fwd_<fp32>_c64 |"))
+    assert "| 2.00e+11 | 1.00e+11 | issue | 6.00e+11 | 3.00e+11 | tensor | 3.00 |" in row, row

@@ -113,14 +113,16 @@ def test_ops_adapter_names_exist():
     assert rows.shape == (1, 20) and [g.shape for g in grads] == [q.shape, a.shape]
 
 
+@pytest.mark.parametrize("dot", ["ieee", "3xtf32"])
 @pytest.mark.parametrize("op,pow,normalize", [("exchange", 0.5, True), ("warp", 0.5, False), ("warp", 0.7, False)])
-def test_accuracy_case_in_the_interpreter(op, pow, normalize):
+def test_accuracy_case_in_the_interpreter(op, pow, normalize, dot):
     """The accuracy section's own code on CPU tensors (Triton interpreter): float32 passes its bound.
 
     (The warp loss with x20-normalised features at this tiny shape misses the float32 gradient rule by up to 2x in
     the interpreter, with tests/test_triton_ops.py's own _check_warp as well: reported to the lead, issue 11.)"""
-    case = gpu_check.accuracy_case(op, (1, 19, 23, 16), "float32", pow, device="cpu", backend="triton",
+    case = gpu_check.accuracy_case(op, (1, 19, 23, 16), "float32", pow, dot, device="cpu", backend="triton",
                                    normalize=normalize)
+    assert case["dot"] == dot
     assert case["passed"], case
     assert set(case["checks"]) == {"value", "grad_a", "grad_b"}
     for check in case["checks"].values():
@@ -141,18 +143,21 @@ def test_plan_checks_imports_and_model_rows():
     args = gpu_check.parse_args(["--out", "x", "--plan"])
     plan = gpu_check.plan(args)
     assert plan["model_rows_missing"] == [], plan["model_rows_missing"]
-    assert plan["warmup_variants"] >= len(gpu_check.ACCURACY_DTYPES) * 2 and plan["accuracy_cases"] == 21
-    covered = {(op, dtype, c, pow) for op, dtype, c, pow in gpu_check.warmup_cases()}
-    for op, shape, dtype, pow in gpu_check.accuracy_cases():  # every variant a section launches is warmed
-        assert (op, dtype, shape[3], pow) in covered
+    assert plan["accuracy_cases"] == 7 * len(gpu_check.ACCURACY_VARIANTS) == 28, plan["accuracy_cases"]
+    covered = set(gpu_check.warmup_cases())
+    assert plan["warmup_variants"] == len(covered)
+    for op, shape, dtype, pow, dot in gpu_check.accuracy_cases():  # every variant a section launches is warmed
+        assert (op, dtype, shape[3], pow, dot) in covered
+    for dtype, dot in gpu_check.KERNEL_VARIANTS:
+        assert ("exchange", dtype, 64, 0.5, dot) in covered and ("warp", dtype, 64, 0.5, dot) in covered
 
 
 def _fake_result():
     models = gpu_check.load_model_rows()
     rows = []
     for index, pass_name in enumerate(gpu_check.PASSES):
-        for dtype in gpu_check.KERNEL_DTYPES:
-            rows.append(gpu_check.kernel_row(pass_name, dtype, 0.25 + index / 10, "kernel", models))
+        for dtype, dot in gpu_check.KERNEL_VARIANTS:
+            rows.append(gpu_check.kernel_row(pass_name, dtype, dot, 0.25 + index / 10, "kernel", models))
     accuracy = [{"op": "exchange", "shape": [2, 1024, 1025, 64], "dtype": "bfloat16", "pow": None, "passed": True,
                  "checks": {k: {"fused_error": 1e-3, "dense_error": 2e-3, "bound": 4e-3, "passed": True}
                             for k in ("value", "grad_a", "grad_b")}}]
@@ -181,14 +186,35 @@ def test_report_writer_with_fake_timings(tmp_path):
                    "| memory | failed |", "RuntimeError: boom", "| 128² | dense | oom |", "| 128² | dve_kernels | ok |"):
         assert needle in text, needle
     kernel_lines = [line for line in text.splitlines() if line.startswith(tuple(f"| {p} |" for p in gpu_check.PASSES))]
-    assert len(kernel_lines) == len(gpu_check.PASSES) * len(gpu_check.KERNEL_DTYPES)
+    assert len(kernel_lines) == len(gpu_check.PASSES) * len(gpu_check.KERNEL_VARIANTS)
     # exchange_fwd bf16 at 0.25 ms: 16 · 4096² / 0.25e-3 pairs/s, beside its modelled and calibrated bounds
     row = next(r for r in result["sections"]["kernels"]["data"]["rows"]
                if r["pass"] == "exchange_fwd" and r["dtype"] == "bfloat16")
     assert row["pairs_per_s"] == pytest.approx(16 * 4096 * 4096 / 0.25e-3)
     assert row["spec"] == "exchange_fwd_bf16_c64" and row["modelled_pairs_per_s"] > row["calibrated_pairs_per_s"] > 0
     assert row["measured_over_calibrated"] == pytest.approx(row["pairs_per_s"] / row["calibrated_pairs_per_s"])
-    line = next(line for line in kernel_lines if line.startswith("| exchange_fwd | bfloat16 |"))
+    line = next(line for line in kernel_lines if line.startswith("| exchange_fwd | bfloat16 |  |"))
     assert f"{row['pairs_per_s']:.3g}" in line and f"{row['calibrated_pairs_per_s']:.3g}" in line, line
     warp = next(r for r in result["sections"]["kernels"]["data"]["rows"] if r["pass"] == "warp_bwd_tgt")
     assert warp["spec"].endswith("_c64_pow0.5"), warp
+    specs = {(r["pass"], r["dot"]): r["spec"] for r in result["sections"]["kernels"]["data"]["rows"]}
+    assert specs[("exchange_fwd", "ieee")] == "exchange_fwd_fp32_c64"  # both float32 paths beside their models
+    assert specs[("exchange_fwd", "3xtf32")] == "exchange_fwd_tf32x3_c64"
+    assert all(r["modelled_pairs_per_s"] for r in result["sections"]["kernels"]["data"]["rows"]), "a row has no model"
+
+
+def test_fp32_dot_selects_and_restores(monkeypatch):
+    from dve_kernels.ops import _launch
+
+    monkeypatch.delenv(_launch.FP32_DOT_ENV, raising=False)
+    x = torch.zeros(2, dtype=torch.float32)
+    assert _launch.dot_algorithm(x) == _launch.DOT_IEEE  # no tensor cores on the CPU / in the interpreter
+    with gpu_check.fp32_dot("3xtf32"):
+        assert _launch.dot_algorithm(x) == _launch.DOT_3XTF32
+        assert _launch.dot_algorithm(x.double()) == _launch.DOT_IEEE  # only float32 has a choice
+        with gpu_check.fp32_dot("ieee"):
+            assert _launch.dot_algorithm(x) == _launch.DOT_IEEE
+        assert _launch.dot_algorithm(x) == _launch.DOT_3XTF32
+    assert _launch.FP32_DOT_ENV not in os.environ
+    with gpu_check.fp32_dot("tf32"), pytest.raises(ValueError, match="DVE_FP32_DOT.*'tf32'"):
+        _launch.dot_algorithm(x)
