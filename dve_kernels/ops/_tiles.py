@@ -119,8 +119,8 @@ def _split_tf32(x):
 
     ``hi``: ``x``'s bits rounded to the nearest multiple of 2^13 in the low word (add half of 0x2000, clear the low
     13 bits with the mask 0xFFFFE000; a carry into the exponent is the correct rounding); ``lo = x - hi`` is exact
-    (|lo| <= 2^-12 |x|) and is rounded to TF32 the same way. ``x - hi - lo`` is below 2^-24 |x|: the split keeps
-    float32's 24 bits. Infinities stay infinite in ``hi``; NaN stays NaN."""
+    (|lo| <= 2^-11 |x|, at most 12 significant bits) and is rounded to TF32 the same way, so ``x - hi - lo`` is at
+    most 2^-23 |x| (one bit of lo's twelve). Infinities stay infinite in ``hi``; NaN stays NaN."""
     hi = ((x.to(tl.int32, bitcast=True) + 0x1000) & -8192).to(tl.float32, bitcast=True)
     rest = x - hi
     lo = ((rest.to(tl.int32, bitcast=True) + 0x1000) & -8192).to(tl.float32, bitcast=True)
@@ -134,7 +134,8 @@ def _dot(a, b, OUT_DTYPE: tl.constexpr, DOT_ALGO: tl.constexpr):
     DOT_IEEE (0): FMA dot, IEEE float32. DOT_3XTF32 (1): three tensor-core TF32 dots of the explicit split
     ``a_hi b_hi + a_hi b_lo + a_lo b_hi`` (_split_tf32); every partial product of two TF32 values is exact in
     float32 (11 x 11 significand bits), so the interpreter computes the same products as the tensor cores; small
-    terms first; the dropped ``a_lo b_lo`` is below 2^-24 of the product. 16-bit and float64 operands ignore
+    terms first; the dropped ``a_lo b_lo`` is at most 2^-22 of the product (with the halves' own rounding, each
+    product is within about 2^-22 of a·b, against IEEE's 2^-24). 16-bit and float64 operands ignore
     DOT_ALGO (tensor-core / IEEE dots as before)."""
     if a.dtype == tl.float32 and DOT_ALGO == 1:
         a_hi, a_lo = _split_tf32(a)
