@@ -51,3 +51,44 @@ bench: env
 
 clean:
 	rm -rf $(VENV) build $(CMAKE_BUILD) dve_kernels/_C*.so *.egg-info
+
+# ------------------------------------------------------------------------------------------ GPU day (issue 11)
+#   make gpu-check OUT=dir   on a CUDA machine with torch and Triton preinstalled (no network): the editable install
+#                            without dependencies, then bench/gpu_check.py (a 390 s budget; the whole target fits in
+#                            8 minutes); writes dir/gpu_check.json and dir/gpu_check.md. Without CUDA: one line, exit 2.
+#   make triton-env          Triton $(TRITON_ALT) (the GPU machine's) and $(TRITON_FLOOR) (the declared floor), each
+#                            with NumPy $(OLD_TRITON_NUMPY) (their interpreter breaks on NumPy 2.4), in
+#                            $(TRITON_ENVS)/<version> for the venv's Python: put one first on PYTHONPATH to use it.
+#   make aot-sample          the representative AOT sample (each kernel; fp32 and bf16; C = 64, C = 64 ragged,
+#                            C = 32 ragged; sm_80 and sm_90: 72 compiles)
+#                            with Triton $(TRITON_ALT), then with the venv's newest: tests/test_triton_aot.py fails on
+#                            any error, spill or shared-memory overflow.
+#   make test-triton-floor   the interpreter tests ($(FLOOR_TESTS)) on the declared floor, Triton $(TRITON_FLOOR).
+GPU_PYTHON ?= python3
+OUT ?= bench/results/gpu-check
+TRITON_ALT ?= 3.6.0
+TRITON_FLOOR ?= 3.5.1
+TRITON_ENVS ?= build/triton
+OLD_TRITON_NUMPY ?= 2.3.5
+AOT_SAMPLE ?= _(fp32|bf16)_(c64(_pow0\.5)?(_ragged)?|c32(_pow0\.5)?_ragged)$$
+FLOOR_TESTS ?= tests
+
+.PHONY: gpu-check triton-env aot-sample test-triton-floor
+
+gpu-check:
+	$(GPU_PYTHON) -m pip install --no-deps --no-build-isolation -e .
+	$(GPU_PYTHON) -m bench.gpu_check --out $(OUT)
+
+$(TRITON_ENVS)/%/.installed:
+	$(PIP) install --no-deps --target $(TRITON_ENVS)/$* "triton==$*" "numpy==$(OLD_TRITON_NUMPY)"
+	touch $@
+
+triton-env: env $(TRITON_ENVS)/$(TRITON_ALT)/.installed $(TRITON_ENVS)/$(TRITON_FLOOR)/.installed
+
+aot-sample: triton-env
+	PYTHONPATH=$(abspath $(TRITON_ENVS)/$(TRITON_ALT)) DVE_AOT_MATCH='$(AOT_SAMPLE)' \
+		$(PY) -m pytest tests/test_triton_aot.py -q
+	DVE_AOT_MATCH='$(AOT_SAMPLE)' $(PY) -m pytest tests/test_triton_aot.py -q
+
+test-triton-floor: triton-env
+	PYTHONPATH=$(abspath $(TRITON_ENVS)/$(TRITON_FLOOR)) $(PY) -m pytest $(FLOOR_TESTS) -q

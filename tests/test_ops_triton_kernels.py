@@ -48,8 +48,8 @@ def _interpreter_tiles(monkeypatch):
         return
     real = _launch.launch_config
 
-    def larger_tiles(pass_name, c_pad, dtype):
-        config = real(pass_name, c_pad, dtype)
+    def larger_tiles(pass_name, c_pad, dtype, *args, **kwargs):
+        config = real(pass_name, c_pad, dtype, *args, **kwargs)
         if dtype in (torch.float32, torch.float64):
             config = dataclasses.replace(config, block_n=32, block_m=32)
         return config
@@ -182,7 +182,7 @@ def test_many_tiles(monkeypatch):
     small = _launch.LaunchConfig(block_n=16, block_m=16, num_warps=4, num_stages=2)
     # the modules, not the functions of the same name that dve_kernels.ops re-exports
     for module in ("dve_kernels.ops.exchange", "dve_kernels.ops.warp_loss"):
-        monkeypatch.setattr(importlib.import_module(module), "launch_config", lambda *args: small)
+        monkeypatch.setattr(importlib.import_module(module), "launch_config", lambda *args, **kwargs: small)
     _check_exchange((2, 53, 37, 20), scale=0.5, dtype=torch.float64)
     _check_warp((2, 53, 37, 20), 0.5, scale=0.5, dtype=torch.float64)
     _check_warp((1, 35, 67, 5), 0.7, scale=0.5)

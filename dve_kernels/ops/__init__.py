@@ -6,8 +6,6 @@ say; that module registers them as the ops' CUDA kernels, and routes CPU tensors
 interpreter (``TRITON_INTERPRET=1``, set before ``triton`` is imported) for ``backend="triton"``.
 """
 
-import dataclasses
-
 from ._launch import LaunchConfig, Specialization, channel_pad, launch_config
 from .exchange import exchange_backward, exchange_forward, exchange_specializations
 from .warp_loss import warp_loss_backward, warp_loss_forward, warp_loss_specializations
@@ -18,14 +16,10 @@ def kernel_specializations() -> list:
 
     ``dve_kernels/ops/_aot.py`` compiles them ahead of time (tests/test_triton_aot.py, bench/). Each one comes
     twice: with ``EVEN_C`` (C equal to its power-of-two pad: 16, 32, 64, 128, 256, the usual case and the fast
-    one), and with any other C, named ``..._ragged``.
+    one), and with any other C, named ``..._ragged``, with its own launch configuration (launch_config's
+    ``even_c``).
     """
-    specs = []
-    for spec in exchange_specializations() + warp_loss_specializations():
-        specs.append(dataclasses.replace(spec, constexprs={**spec.constexprs, "EVEN_C": True}))
-        specs.append(dataclasses.replace(spec, name=spec.name + "_ragged",
-                                         constexprs={**spec.constexprs, "EVEN_C": False}))
-    return specs
+    return exchange_specializations() + warp_loss_specializations()
 
 
 __all__ = [

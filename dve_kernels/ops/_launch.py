@@ -69,7 +69,7 @@ def channel_pad(channels: int) -> int:
     return max(16, triton.next_power_of_2(channels))
 
 
-def launch_config(pass_name: str, c_pad: int, dtype: torch.dtype) -> LaunchConfig:
+def launch_config(pass_name: str, c_pad: int, dtype: torch.dtype, even_c: bool = True) -> LaunchConfig:
     """Block sizes, channel slice, warps and pipeline stages for one pass at one (C_PAD, dtype).
 
     How they were chosen (no GPU was available while writing this; retune with bench/ on one):
@@ -83,7 +83,8 @@ def launch_config(pass_name: str, c_pad: int, dtype: torch.dtype) -> LaunchConfi
     tests/test_triton_aot.py (DVE_AOT_FULL=1 for all of them), which fails on any spill or shared-memory
     overflow. No GPU has run them yet: speed comes only from the modelled bounds of bench/kernel_report.py
     (which chose 8 warps for the warp-loss forward and 4 for the exchange forward at C_PAD = 256, see below).
-    ``pass_name`` is "exchange_fwd", "exchange_bwd" (both backward kernels), "warp_fwd" or "warp_bwd".
+    ``pass_name`` is "exchange_fwd", "exchange_bwd" (both backward kernels), "warp_fwd" or "warp_bwd";
+    ``even_c`` whether C == C_PAD (the ``_ragged`` specialisations are compiled with their own configuration).
     """
     if pass_name not in ("exchange_fwd", "exchange_bwd", "warp_fwd", "warp_bwd"):
         raise ValueError(f"unknown pass {pass_name!r}")
@@ -97,6 +98,12 @@ def launch_config(pass_name: str, c_pad: int, dtype: torch.dtype) -> LaunchConfi
             block_n, block_m = (128, 64) if c_pad <= 64 else (64, 64) if c_pad == 128 else (64, 32)
         else:  # backward: two accumulator tiles plus operand tiles per program (64 x 64 spilled on sm_80)
             block_n, block_m = (64, 32) if c_pad <= 64 else (32, 32)
+            if not even_c and (pass_name, c_pad) in (("exchange_bwd", 32), ("warp_bwd", 64)):
+                # C below C_PAD (masked channel loads): 64 x 32 spilled with Triton 3.6 (exchange aux kernel at
+                # C_PAD 32: 124 B on sm_80, 104 B on sm_90; warp src kernel at C_PAD 64: 20 B on sm_80), 32 x 32
+                # does not, on 3.6 or 3.9. C == C_PAD keeps 64 x 32 (32 x 32 would cost the warp src kernel 36 %
+                # of its modelled bound, 1.23e12 -> 7.9e11 pairs/s on sm_90).
+                block_n = 32
             if pass_name == "warp_bwd" and c_pad == 256:
                 block_n = 16  # 32 x 32 spilled on sm_80 with the general power (exp2 + log2 per pair)
         num_warps = 8 if block_n * c_pad >= 128 * 64 else 4

@@ -299,7 +299,7 @@ def exchange_forward(query: torch.Tensor, aux: torch.Tensor, scale: float) -> tu
     batch, n, c = query.shape
     m = aux.shape[1]
     c_pad = channel_pad(c)
-    config = launch_config("exchange_fwd", c_pad, query.dtype)
+    config = launch_config("exchange_fwd", c_pad, query.dtype, even_c=c == c_pad)
     out = torch.empty(query.shape, dtype=query.dtype, device=query.device)
     lse = torch.empty((batch, n), dtype=lse_dtype(query.dtype), device=query.device)
     grid = (triton.cdiv(n, config.block_n), batch)
@@ -330,7 +330,7 @@ def exchange_backward(grad_out, query, aux, out, lse, scale: float) -> tuple[tor
     batch, n, c = query.shape
     m = aux.shape[1]
     c_pad = channel_pad(c)
-    config = launch_config("exchange_bwd", c_pad, query.dtype)
+    config = launch_config("exchange_bwd", c_pad, query.dtype, even_c=c == c_pad)
     grad_out = grad_out.contiguous().to(query.dtype)
     grad_query = torch.empty(query.shape, dtype=query.dtype, device=query.device)
     grad_aux = torch.empty(aux.shape, dtype=aux.dtype, device=aux.device)
@@ -357,24 +357,25 @@ def exchange_specializations() -> list:
         stat = "*" + triton_type(accumulator_dtype(dtype))
         lse = "*" + triton_type(lse_dtype(dtype))
         ints = dict(N="i32", M="i32", C="i32")
-        for c_pad in CHANNEL_PADS:
+        for c_pad, even_c in [(c_pad, even_c) for c_pad in CHANNEL_PADS for even_c in (True, False)]:
+            ragged = "" if even_c else "_ragged"
             tag = f"{triton_type(dtype)}_c{c_pad}"
-            config = launch_config("exchange_fwd", c_pad, dtype)
+            config = launch_config("exchange_fwd", c_pad, dtype, even_c)
             constexprs = dict(C_PAD=c_pad, BLOCK_N=config.block_n, BLOCK_M=config.block_m, K_CHUNK=config.k_chunk,
-                              IS_FP64=dtype == torch.float64, EVEN_C=True)
+                              IS_FP64=dtype == torch.float64, EVEN_C=even_c)
             specs.append(make_specialization(
-                f"exchange_fwd_{tag}", _exchange_fwd_kernel,
+                f"exchange_fwd_{tag}{ragged}", _exchange_fwd_kernel,
                 dict(Query=feat, Aux=feat, Out=feat, Lse=lse, **ints, SCALE_LOG2E_HI="fp32", SCALE_LOG2E_LO="fp32"),
                 constexprs, config))
-            config = launch_config("exchange_bwd", c_pad, dtype)
+            config = launch_config("exchange_bwd", c_pad, dtype, even_c)
             constexprs = dict(constexprs, BLOCK_N=config.block_n, BLOCK_M=config.block_m, K_CHUNK=config.k_chunk)
             scalars = dict(SCALE_HI="fp32", SCALE_LO="fp32", SCALE_LOG2E_HI="fp32", SCALE_LOG2E_LO="fp32")
             specs.append(make_specialization(
-                f"exchange_bwd_query_{tag}", _exchange_bwd_query_kernel,
+                f"exchange_bwd_query_{tag}{ragged}", _exchange_bwd_query_kernel,
                 dict(GradOut=feat, Query=feat, Aux=feat, Out=feat, Lse=lse, Stats=stat, GradQuery=feat,
                      **ints, **scalars), constexprs, config))
             specs.append(make_specialization(
-                f"exchange_bwd_aux_{tag}", _exchange_bwd_aux_kernel,
+                f"exchange_bwd_aux_{tag}{ragged}", _exchange_bwd_aux_kernel,
                 dict(GradOut=feat, Query=feat, Aux=feat, Lse=lse, Stats=stat, GradAux=feat,
                      **ints, **scalars),
                 constexprs, config))

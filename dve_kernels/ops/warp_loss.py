@@ -395,7 +395,7 @@ def warp_loss_forward(src, tgt, src_xy, tgt_xy, pow: float, scale: float) -> tup
     batch, n, c = src.shape
     m = tgt.shape[1]
     c_pad = channel_pad(c)
-    config = launch_config("warp_fwd", c_pad, src.dtype)
+    config = launch_config("warp_fwd", c_pad, src.dtype, even_c=c == c_pad)
     src_planar = _coordinates(src_xy, batch, src, pow)
     tgt_planar = _coordinates(tgt_xy, batch, src, pow)
     stat_dtype = accumulator_dtype(src.dtype)
@@ -426,7 +426,7 @@ def warp_loss_backward(grad_rows, src, tgt, src_xy, tgt_xy, rows, lse, pow: floa
     batch, n, c = src.shape
     m = tgt.shape[1]
     c_pad = channel_pad(c)
-    config = launch_config("warp_bwd", c_pad, src.dtype)
+    config = launch_config("warp_bwd", c_pad, src.dtype, even_c=c == c_pad)
     src_planar = _coordinates(src_xy, batch, src, pow)
     tgt_planar = _coordinates(tgt_xy, batch, src, pow)
     grad_rows = grad_rows.contiguous().to(rows.dtype)
@@ -456,20 +456,21 @@ def warp_loss_specializations() -> list:
         stat = "*" + triton_type(accumulator_dtype(dtype))
         lse = "*" + triton_type(lse_dtype(dtype))
         ints = dict(N="i32", M="i32", C="i32")
-        for c_pad in CHANNEL_PADS:
+        for c_pad, even_c in [(c_pad, even_c) for c_pad in CHANNEL_PADS for even_c in (True, False)]:
             for mode in POW_MODES:
+                ragged = "" if even_c else "_ragged"
                 tag = f"{triton_type(dtype)}_c{c_pad}_{POW_MODE_NAMES[mode]}"
-                config = launch_config("warp_fwd", c_pad, dtype)
+                config = launch_config("warp_fwd", c_pad, dtype, even_c)
                 constexprs = dict(C_PAD=c_pad, BLOCK_N=config.block_n, BLOCK_M=config.block_m,
                                   K_CHUNK=config.k_chunk, POW_MODE=mode,
-                                  IS_FP64=dtype == torch.float64, EVEN_C=True)
+                                  IS_FP64=dtype == torch.float64, EVEN_C=even_c)
                 specs.append(make_specialization(
-                    f"warp_fwd_{tag}", _warp_fwd_kernel,
+                    f"warp_fwd_{tag}{ragged}", _warp_fwd_kernel,
                     dict(Src=feat, Tgt=feat, SrcXY=stat, TgtXY=stat, Rows=stat, Lse=lse, **ints,
                          SCALE_LOG2E_HI="fp32", SCALE_LOG2E_LO="fp32", POW_HALF_HI="fp32", POW_HALF_LO="fp32"),
                     constexprs, config,
                     tiles_per_iteration=3 if dtype.itemsize == 2 and mode == POW_FOURTH_ROOT else 1))
-                config = launch_config("warp_bwd", c_pad, dtype)
+                config = launch_config("warp_bwd", c_pad, dtype, even_c)
                 constexprs = dict(constexprs, BLOCK_N=config.block_n, BLOCK_M=config.block_m,
                                   K_CHUNK=config.k_chunk)
                 arg_types = dict(GradRows=stat, Src=feat, Tgt=feat, SrcXY=stat, TgtXY=stat, Rows=stat, Lse=lse,
@@ -477,7 +478,7 @@ def warp_loss_specializations() -> list:
                                  SCALE_LOG2E_HI="fp32", SCALE_LOG2E_LO="fp32", POW_HALF_HI="fp32",
                                  POW_HALF_LO="fp32")
                 specs.append(make_specialization(
-                    f"warp_bwd_src_{tag}", _warp_bwd_src_kernel, arg_types, constexprs, config))
+                    f"warp_bwd_src_{tag}{ragged}", _warp_bwd_src_kernel, arg_types, constexprs, config))
                 specs.append(make_specialization(
-                    f"warp_bwd_tgt_{tag}", _warp_bwd_tgt_kernel, arg_types, constexprs, config))
+                    f"warp_bwd_tgt_{tag}{ragged}", _warp_bwd_tgt_kernel, arg_types, constexprs, config))
     return specs
