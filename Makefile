@@ -41,9 +41,12 @@ pytest: env
 pytest-slow: env
 	$(PY) -m pytest tests -m slow $(PYTEST_ARGS)
 
+# Builds only the test executables (their names are the tests' names); `cmake --build build/cmake` also
+# builds the kernel timing programs bench_kernels_<isa>.
 ctest: env
 	cmake -S . -B $(CMAKE_BUILD) -DCMAKE_BUILD_TYPE=Release
-	cmake --build $(CMAKE_BUILD) --parallel 2
+	cmake --build $(CMAKE_BUILD) --parallel 2 --target \
+	  $$(ctest --test-dir $(CMAKE_BUILD) -N | sed -n 's/^ *Test *#[0-9]*: *//p')
 	ctest --test-dir $(CMAKE_BUILD) --output-on-failure
 
 test: ctest pytest
