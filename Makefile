@@ -4,9 +4,11 @@
 # - installs Triton from the registry when it is missing, the test/train requirements, and this package
 #   with its C++ extension (dve_kernels._C, built by setup.py with ninja).
 #
-#   make job     the reference training (demo preset, built-in synthetic faces) + evaluation + figures
-#   make test    pytest tests/ (Triton kernels in the interpreter when there is no GPU) + the C++ ctest suite
-#   make bench   pytest bench/ (memory and speed against the dense formulation and the peers)
+#   make job        the reference training (demo preset, built-in synthetic faces) + evaluation + figures
+#   make test       the C++ ctest suite + the fast pytest tier, `pytest tests` (Triton kernels in the interpreter
+#                   when there is no GPU, a 48-compile AOT sample for sm_80/sm_90)
+#   make test-full  make test + the slow tier, `pytest tests -m slow` (the AOT sweep: 552 compiles)
+#   make bench      pytest bench/ (memory and speed against the dense formulation and the peers)
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -19,7 +21,7 @@ JOB_ARGS ?= --preset demo --out runs/demo
 PYTEST_ARGS ?=
 CMAKE_BUILD ?= build/cmake
 
-.PHONY: env test pytest ctest job bench clean
+.PHONY: env test test-full pytest pytest-slow ctest job bench clean
 
 env: $(VENV)/.installed
 
@@ -36,12 +38,20 @@ $(VENV)/.installed: setup.py pyproject.toml requirements-dev.txt $(wildcard csrc
 pytest: env
 	$(PY) -m pytest tests $(PYTEST_ARGS)
 
+pytest-slow: env
+	$(PY) -m pytest tests -m slow $(PYTEST_ARGS)
+
+# Builds only the test executables (their names are the tests' names); `cmake --build build/cmake` also
+# builds the kernel timing programs bench_kernels_<isa>.
 ctest: env
 	cmake -S . -B $(CMAKE_BUILD) -DCMAKE_BUILD_TYPE=Release
-	cmake --build $(CMAKE_BUILD) --parallel 2
+	cmake --build $(CMAKE_BUILD) --parallel 2 --target \
+	  $$(ctest --test-dir $(CMAKE_BUILD) -N | sed -n 's/^ *Test *#[0-9]*: *//p')
 	ctest --test-dir $(CMAKE_BUILD) --output-on-failure
 
 test: ctest pytest
+
+test-full: test pytest-slow
 
 job: env
 	$(PY) -m dve_kernels.train $(JOB_ARGS)

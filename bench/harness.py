@@ -1,8 +1,14 @@
 """Run one benchmark case: time (median, p20, p80) and peak memory of one provider, kernel, mode and shape.
 
+Before its timing counts, every provider's loss on the case's inputs is checked against the float64 value of the
+same inputs (:func:`true_loss`, computed once per input set in row chunks, so in bounded memory), within the
+dtype's tolerance (:data:`RTOL`): a provider that computes something else fails its case instead of producing a
+timing.
+
 Every case writes rows to the session's results (one CSV across runs, Liger-Kernel's column set) whatever
 happens: ``ok``, ``oom`` (it could not fit the memory budget, decided before running from a lower-bound estimate,
-or an out-of-memory error while running), or ``unavailable`` (the provider is not installed or cannot run this).
+or an out-of-memory error while running), ``unavailable`` (the provider is not installed or cannot run this),
+or ``wrong`` (its loss was not the true one).
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import pytest
 import torch
 
 import dve_kernels
+from dve_kernels import conventions, reference
 from dve_kernels.memory import AllocationRecorder
 
 from . import providers
@@ -169,6 +176,75 @@ def required_bytes(kernel, provider, side, channels, batch, dtype) -> float:
     return peak_memory(fn, inputs, "full", "meta")
 
 
+#: How far a provider's loss may be from the float64 value, relative to the sum of the magnitudes of its terms.
+#: float32: every CPU provider was within 1.1e-7 at 20² and 35², C = 64 (a wrong scale or a missing term is off by
+#: 1e-2 or more); 16-bit: a few units of the format's epsilon (2^-11, 2^-8), not yet measured on a GPU.
+RTOL = {torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 3e-2, torch.float64: 1e-9}
+#: Source rows per float64 chunk of :func:`true_loss`: B x rows x M float64 logits stay near 128 MiB.
+_CHUNK_BYTES = 128 * 2**20
+
+
+def _row_chunks(batch, n, m):
+    rows = max(1, _CHUNK_BYTES // (8 * batch * m))
+    return [slice(start, min(n, start + rows)) for start in range(0, n, rows)]
+
+
+def _exchange_rows(query, aux):
+    return torch.bmm(torch.softmax(torch.bmm(query, aux.transpose(1, 2)), dim=-1), aux)
+
+
+_TRUTH: dict = {}  # key -> (value, magnitude): providers of one case share their inputs, hence their truth
+
+
+def _true_loss(kernel, *tensors):
+    """(value, magnitude) in float64: the loss, and the sum of the magnitudes of its terms (the error scale)."""
+    if kernel == "exchange":
+        src, aux, probe = tensors
+        value = magnitude = 0.0
+        for rows in _row_chunks(src.shape[0], src.shape[1], aux.shape[1]):
+            terms = _exchange_rows(src[:, rows], aux) * probe[:, rows]
+            value += terms.sum().item()
+            magnitude += terms.abs().sum().item()
+        return value, magnitude
+    if kernel == "warp_loss":
+        src, tgt, src_xy, tgt_xy = tensors
+        rebuild = False
+    else:
+        feats, grid = tensors
+        src, tgt, src_xy, tgt_xy = conventions.prepare_pairs(feats, grid, True)
+        aux = conventions.gather_auxiliary(src, 1)
+        rebuild = True
+    total = 0.0
+    for rows in _row_chunks(src.shape[0], src.shape[1], tgt.shape[1]):
+        query = _exchange_rows(src[:, rows], aux) if rebuild else src[:, rows]
+        total += reference.warp_loss_rows(query, tgt, src_xy[:, rows], tgt_xy, 0.5, 1.0).sum().item()
+    value = total / (src.shape[0] * src.shape[1])
+    return value, abs(value)  # every term is positive
+
+
+def true_loss(kernel, inputs, key):
+    """The float64 loss of ``inputs`` (what every provider must compute), cached by ``key``."""
+    if key not in _TRUTH:
+        with torch.no_grad():
+            _TRUTH[key] = _true_loss(kernel, *[t.detach().to("cpu", torch.float64) for t in inputs.values()])
+    return _TRUTH[key]
+
+
+def check_loss(fn, inputs, kernel, provider, dtype, key):
+    """Fail unless ``fn`` computes the true loss of ``inputs`` within ``RTOL[dtype]``; returns the relative error."""
+    value = float(fn(**inputs).detach())  # with autograd on, as timed (no_grad would recompile torch.compile)
+    truth, magnitude = true_loss(kernel, inputs, key)
+    error = abs(value - truth) / max(magnitude, 1e-30)
+    if not error <= RTOL[dtype]:  # NaN fails too
+        raise WrongResult(f"{provider} computed {value!r} for {kernel}, the float64 value is {truth!r}: relative "
+                          f"error {error:.3g} > {RTOL[dtype]:g} ({dtype})")
+    return error
+
+
+class WrongResult(AssertionError):
+    """A provider's loss is not the true one: its timing does not count."""
+
+
 def is_out_of_memory(error: BaseException) -> bool:
     return isinstance(error, torch.OutOfMemoryError) or "out of memory" in str(error).lower() \
         or isinstance(error, MemoryError)
@@ -193,11 +269,17 @@ def run_case(benchmark, settings: Settings, kernel, provider, mode, side, channe
             _step(fn, inputs, "full" if mode == "backward" else mode, device)()
             _synchronize(device)
         memory = peak_memory(fn, inputs, mode, device)  # on the CPU this call is also the warm-up
+        error = check_loss(fn, inputs, kernel, provider, dtype, (kernel, side, channels, batch, dtype, device))
         (p50, p20, p80), samples = time_calls(fn, inputs, mode, device, settings.seconds_per_case)
     except providers.Unavailable as error:
         for metric, unit in (("time", "ms"), ("memory", "MiB")):
             record(metric, unit, side, None, channels, batch, dtype, "unavailable", str(error)[:200])
         pytest.skip(f"{provider} unavailable: {error}")
+    except WrongResult as wrong:
+        for metric, unit in (("time", "ms"), ("memory", "MiB")):
+            record(metric, unit, side, None, channels, batch, dtype, "wrong", str(wrong)[:200])
+        settings.flush()
+        raise
     except (RuntimeError, MemoryError) as error:
         if not is_out_of_memory(error):
             raise
@@ -212,7 +294,7 @@ def run_case(benchmark, settings: Settings, kernel, provider, mode, side, channe
         "kernel": kernel, "provider": provider, "mode": mode, "resolution": side, "N": side * side,
         "channels": channels, "batch": batch, "dtype": str(dtype), "device": device_name(device),
         "peak_memory_mib": memory / 2**20, "pairs_per_s": pairs / (p50 / 1e3), "version": dve_kernels.__version__,
-        "commit": settings.commit, "median_ms": p50, "p20_ms": p20, "p80_ms": p80,
+        "commit": settings.commit, "median_ms": p50, "p20_ms": p20, "p80_ms": p80, "loss_relative_error": error,
     })
     # pytest-benchmark's own statistics come from the same samples (its timer cannot see CUDA events).
     samples_iter = iter(samples)

@@ -3,7 +3,8 @@
 ``python -m dve_kernels.ops._aot [--arch 80] [--arch 90] [--match REGEX] [--jobs N]`` compiles each entry of
 :func:`dve_kernels.ops.kernel_specializations` with ``triton.compile`` for a CUDA target, runs the
 ``ptxas`` shipped with Triton with ``-v`` on the PTX, and prints one JSON line per kernel:
-name, arch, registers, spill stores/loads (bytes), shared memory (bytes), compile seconds, error.
+name, arch, registers, spill stores/loads (bytes), shared memory (bytes), compile seconds, error; and
+``[aot] k of n: ...`` progress lines on stderr.
 
 Runs in its own process because ``TRITON_INTERPRET=1`` (which the CPU tests need) turns
 ``@triton.jit`` kernels into interpreted functions that cannot be compiled; this module refuses to run
@@ -122,9 +123,14 @@ def main(argv=None) -> int:
     specs = kernel_specializations()
     pattern = re.compile(args.match)
     work = [(i, arch) for arch in (args.arch or [80, 90]) for i, spec in enumerate(specs) if pattern.search(spec.name)]
+    started = time.perf_counter()
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
-        for report in pool.map(_worker, work):
+        for done, report in enumerate(pool.map(_worker, work), 1):
             print(json.dumps(report), flush=True)
+            # progress on stderr, so that stdout stays one JSON line per kernel
+            status = "error" if "error" in report else f"{report['seconds']:.1f} s"
+            print(f"[aot] {done} of {len(work)}: {report['name']} sm_{report['arch']} ({status}; "
+                  f"{time.perf_counter() - started:.0f} s so far)", file=sys.stderr, flush=True)
     return 0
 
 
