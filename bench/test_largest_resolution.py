@@ -21,7 +21,9 @@ import os
 import pytest
 import torch
 
-from dve_kernels import conventions, functional
+import dve_kernels
+
+
 from dve_kernels.memory import peak_rss
 
 from . import providers
@@ -34,14 +36,11 @@ RSS_REPEATS = 3
 
 
 def _fused_dve(device: str):
-    """The DVE loss through the device's fused backend module directly (the public API refuses meta tensors)."""
-    backend = functional._load_triton() if torch.device(device).type == "cuda" else functional._load_cpu()
+    """The DVE loss through the fused backend of ``device`` (on meta tensors its ops run their fake kernels)."""
+    backend = "triton" if torch.device(device).type == "cuda" else "cpu"
 
     def loss(feats, grid):
-        src, tgt, src_xy, tgt_xy = conventions.prepare_pairs(feats, grid, True)
-        rebuilt = backend.exchange(src, conventions.gather_auxiliary(src, 1), 1.0)
-        tgt_xy = tgt_xy.unsqueeze(0).expand(src.shape[0], -1, -1).contiguous()
-        return backend.warp_loss_rows(rebuilt, tgt, src_xy, tgt_xy, 0.5, 1.0).mean()
+        return dve_kernels.dense_correlation_loss_dve(feats, {"grid": grid}, backend=backend)
 
     return loss
 

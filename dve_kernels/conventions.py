@@ -75,16 +75,55 @@ def flatten_maps(maps: torch.Tensor) -> torch.Tensor:
     return maps.reshape(batch, channels, -1).transpose(1, 2)
 
 
+#: Rows per chunk of the wide normalisation: its temporaries stay at NORMALIZE_CHUNK x C wide values.
+NORMALIZE_CHUNK = 8192
+
+
+class _Normalize(torch.autograd.Function):
+    """``20 · x / ||x||`` over the last axis, computed in a wider dtype and rounded once, in chunks of rows, saving
+    only ``x`` and the ``(..., 1)`` norms: no wide copy of ``x`` is ever whole or kept for the backward."""
+
+    @staticmethod
+    def forward(ctx, x, wide):
+        rows = x.reshape(-1, x.shape[-1])
+        out = torch.empty_like(rows)
+        norm = torch.empty((rows.shape[0], 1), dtype=wide, device=x.device)
+        for start in range(0, rows.shape[0], NORMALIZE_CHUNK):
+            part = rows[start:start + NORMALIZE_CHUNK].to(wide)
+            n = torch.linalg.vector_norm(part, dim=-1, keepdim=True).clamp_min(1e-12)  # F.normalize's eps
+            norm[start:start + NORMALIZE_CHUNK] = n
+            out[start:start + NORMALIZE_CHUNK] = part * (NORMALIZED_NORM / n)
+        ctx.save_for_backward(x, norm)
+        ctx.wide = wide
+        return out.reshape(x.shape)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, norm = ctx.saved_tensors
+        rows, grads = x.reshape(-1, x.shape[-1]), grad.reshape(-1, x.shape[-1])
+        out = torch.empty_like(rows)
+        for start in range(0, rows.shape[0], NORMALIZE_CHUNK):
+            n = norm[start:start + NORMALIZE_CHUNK]
+            unit = rows[start:start + NORMALIZE_CHUNK].to(ctx.wide) / n
+            g = grads[start:start + NORMALIZE_CHUNK].to(ctx.wide)
+            # d(20 x/|x|) = 20/|x| (I - u u^T): the radial part of the upstream gradient removed
+            out[start:start + NORMALIZE_CHUNK] = (g - unit * (unit * g).sum(-1, keepdim=True)) * (NORMALIZED_NORM / n)
+        return out.reshape(x.shape), None
+
+
 def normalize_embeddings(x: torch.Tensor) -> torch.Tensor:
     """L2-normalise over the last (channel) axis and multiply by 20, as ``F.normalize(f, dim=0) * 20``.
 
     Computed in float64 for float32 embeddings (float32 for 16-bit ones) and rounded once. Normalising in float32
     leaves each vector's norm off by ~1e-7, which scales every logit of its row (~400) by as much: with a peaked
     softmax that moved the DVE gradient by ~3e-5 of its max-norm, eight times the whole dense float32
-    computation's error on some inputs, even when everything after it was exact. O(B·N·C) extra work.
+    computation's error on some inputs, even when everything after it was exact. The wide copies are temporary:
+    only ``x`` and the norms are saved for the backward.
     """
+    if x.dtype == torch.float64:
+        return F.normalize(x, p=2, dim=-1) * NORMALIZED_NORM
     wide = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else torch.float64
-    return (F.normalize(x.to(wide), p=2, dim=-1) * NORMALIZED_NORM).to(x.dtype)
+    return _Normalize.apply(x, wide)
 
 
 def auxiliary_indices(batch: int, num_aux: int, device=None) -> torch.Tensor:

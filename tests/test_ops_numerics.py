@@ -154,3 +154,17 @@ def test_every_backend_returns_the_same_dtypes(backend):
                  dve_kernels.warp_loss(x, x, xy, xy, reduction="none", backend="reference"))
         assert [t.dtype for t in fused] == [t.dtype for t in dense] == \
             [dtype, torch.float64 if dtype == torch.float64 else torch.float32]
+
+
+def test_normalisation_is_wide_chunked_and_differentiable(monkeypatch):
+    """normalize_embeddings: float32 embeddings normalised as float64 rounds them, gradient by gradcheck, in chunks."""
+    import torch.nn.functional as F
+
+    from dve_kernels import conventions
+
+    monkeypatch.setattr(conventions, "NORMALIZE_CHUNK", 4)  # several chunks and a partial one
+    x = torch.randn(3, 7, 5, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: conventions._Normalize.apply(t, torch.float64), (x,))
+    x32 = torch.randn(2, 9, 6, generator=torch.Generator().manual_seed(2))
+    exact = (F.normalize(x32.double(), dim=-1) * 20)
+    assert torch.equal(conventions.normalize_embeddings(x32), exact.float())  # rounded once from float64

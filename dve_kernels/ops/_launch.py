@@ -117,7 +117,10 @@ def launch_config(pass_name: str, c_pad: int, dtype: torch.dtype, even_c: bool =
         if pass_name == "exchange_fwd" and c_pad == 256:
             num_warps = 4  # 8 warps were capped at 128 registers and spilled on sm_90; 4 also issue 37 % less
 
-        return LaunchConfig(block_n, block_m, num_warps, 3 if c_pad <= 128 else 2, c_pad)
+        # the warp-loss backward at C_PAD 16 with the general power: ptxas held the tgt kernel at 128 registers and
+        # spilled 4 bytes on sm_90; with every register a thread may have it does not
+        max_registers = MAX_REGISTERS if pass_name == "warp_bwd" and c_pad == 16 else None
+        return LaunchConfig(block_n, block_m, num_warps, 3 if c_pad <= 128 else 2, c_pad, max_registers)
     # 32/64-bit: one configuration for forward and backward of an op, so that both compute every logit
     # with the same expression on the same tile shape and get bitwise the same value: then a row whose
     # softmax is one-hot in float32 gets P = exp2(logit - lse) = 1.0 exactly in the backward, and its
