@@ -98,10 +98,11 @@ def launch_config(pass_name: str, c_pad: int, dtype: torch.dtype, even_c: bool =
             block_n, block_m = (128, 64) if c_pad <= 64 else (64, 64) if c_pad == 128 else (64, 32)
         else:  # backward: two accumulator tiles plus operand tiles per program (64 x 64 spilled on sm_80)
             block_n, block_m = (64, 32) if c_pad <= 64 else (32, 32)
-            if not even_c and (pass_name, c_pad) in (("exchange_bwd", 32), ("warp_bwd", 64)):
+            if not even_c and (pass_name, c_pad) in (("exchange_bwd", 32), ("exchange_bwd", 64), ("warp_bwd", 64)):
                 # C below C_PAD (masked channel loads): 64 x 32 spilled with Triton 3.6 (exchange aux kernel at
                 # C_PAD 32: 124 B on sm_80, 104 B on sm_90; warp src kernel at C_PAD 64: 20 B on sm_80), 32 x 32
-                # does not, on 3.6 or 3.9. C == C_PAD keeps 64 x 32 (32 x 32 would cost the warp src kernel 36 %
+                # does not, on 3.6 or 3.9; the exchange query kernel at C_PAD 64, which also reads out for D~, spilled
+                # 12 B on sm_80 with 3.6. C == C_PAD keeps 64 x 32 (32 x 32 would cost the warp src kernel 36 %
                 # of its modelled bound, 1.23e12 -> 7.9e11 pairs/s on sm_90).
                 block_n = 32
             if pass_name == "warp_bwd" and c_pad == 256:
@@ -120,6 +121,10 @@ def launch_config(pass_name: str, c_pad: int, dtype: torch.dtype, even_c: bool =
         # the warp-loss backward at C_PAD 16 with the general power: ptxas held the tgt kernel at 128 registers and
         # spilled 4 bytes on sm_90; with every register a thread may have it does not
         max_registers = MAX_REGISTERS if pass_name == "warp_bwd" and c_pad == 16 else None
+        if pass_name == "exchange_bwd" and c_pad == 128 and not even_c:
+            block_n = 16  # 32 x 32 spilled 4 B at 255 registers in the query kernel on sm_90 (Triton 3.9)
+        if pass_name == "exchange_bwd" and c_pad == 64 and not even_c:
+            max_registers = MAX_REGISTERS  # the aux kernel's 32 x 32 tile was held at 128 registers (8 B spilled, 3.9)
         return LaunchConfig(block_n, block_m, num_warps, 3 if c_pad <= 128 else 2, c_pad, max_registers)
     # 32/64-bit: one configuration for forward and backward of an op, so that both compute every logit
     # with the same expression on the same tile shape and get bitwise the same value: then a row whose
