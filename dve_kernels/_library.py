@@ -30,6 +30,8 @@ import threading
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from .conventions import coordinate_dtype  # rows and grad_rows: float64 for float64 features, else float32
+
 _NAMESPACE = "dve_kernels"
 SCHEMAS = {
     "exchange_fwd": "(Tensor query, Tensor aux, float scale) -> (Tensor, Tensor)",
@@ -127,11 +129,6 @@ def interpreting(active: bool = True):
 # Shapes, dtypes and strides of what every kernel returns: contiguous, whatever the inputs' layout.
 
 
-def _side_dtype(features: torch.Tensor) -> torch.dtype:
-    """Coordinates, rows and grad_rows: float64 for float64 features, float32 otherwise."""
-    return torch.float64 if features.dtype == torch.float64 else torch.float32
-
-
 @torch.library.register_fake(f"{_NAMESPACE}::exchange_fwd")
 def _exchange_fwd_fake(query, aux, scale):
     return query.new_empty(query.shape), query.new_empty(query.shape[:2], dtype=torch.float64)
@@ -145,7 +142,7 @@ def _exchange_bwd_fake(grad_out, query, aux, out, lse, scale):
 @torch.library.register_fake(f"{_NAMESPACE}::warp_loss_fwd")
 def _warp_loss_fwd_fake(src, tgt, src_xy, tgt_xy, pow, scale):
     shape = src.shape[:2]
-    return src.new_empty(shape, dtype=_side_dtype(src)), src.new_empty(shape, dtype=torch.float64)
+    return src.new_empty(shape, dtype=coordinate_dtype(src.dtype)), src.new_empty(shape, dtype=torch.float64)
 
 
 @torch.library.register_fake(f"{_NAMESPACE}::warp_loss_bwd")

@@ -102,11 +102,6 @@ def _interpreter_active() -> bool:
     return isinstance(_join_scalar, InterpretedFunction)
 
 
-def _dense_exchange(query, aux, scale):
-    logits = scale * torch.bmm(query, aux.transpose(1, 2))
-    return torch.bmm(torch.softmax(logits, dim=-1), aux)
-
-
 def _batched_coordinates(xy: torch.Tensor, batch: int, dtype: torch.dtype) -> torch.Tensor:
     xy = xy.to(coordinate_dtype(dtype))
     if xy.dim() == 2:
@@ -131,7 +126,7 @@ def exchange(query: torch.Tensor, aux: torch.Tensor, *, scale: float = 1.0, back
     scale = v.check_exchange(query, aux, scale, backend)
     how = resolve_backend(backend, query.device)
     if how == _DENSE:
-        return _dense_exchange(query, aux, scale)
+        return reference.exchange_rows(query, aux, scale)
     if how == _INTERPRETED:
         with _library.interpreting():
             return _library.ops.exchange_fwd(query, aux, scale)[0]

@@ -32,6 +32,11 @@ def exchange(query: torch.Tensor, aux: torch.Tensor, *, scale: float = 1.0, back
     """
     scale = v.check_exchange(query, aux, scale, "reference")
     _check_backend(backend)
+    return exchange_rows(query, aux, scale)
+
+
+def exchange_rows(query: torch.Tensor, aux: torch.Tensor, scale: float) -> torch.Tensor:
+    """:func:`exchange` without validation: the dense ``(B, N, M)`` softmax, then its product with ``aux``."""
     logits = scale * torch.bmm(query, aux.transpose(1, 2))  # (B, N, M)
     return torch.bmm(torch.softmax(logits, dim=-1), aux)
 
@@ -106,6 +111,5 @@ def dense_correlation_loss_dve(feats, meta, pow=0.5, fold_corr=False, normalize_
     pow = v.check_real("pow", pow, positive=True)
     num_aux = v.check_num_aux(num_aux, src.shape[0])
     aux = gather_auxiliary(src, num_aux)
-    logits = torch.bmm(src, aux.transpose(1, 2))
-    reconstructed = torch.bmm(torch.softmax(logits, dim=-1), aux)
+    reconstructed = exchange_rows(src, aux, 1.0)
     return reduce_rows(warp_loss_rows(reconstructed, tgt, src_xy, tgt_xy, pow, 1.0), "mean")
