@@ -20,7 +20,7 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 if DEVICE == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
     pytest.skip("no GPU and TRITON_INTERPRET is not 1", allow_module_level=True)
 
-from dve_kernels import ops, reference  # noqa: E402
+from dve_kernels import reference  # noqa: E402
 from dve_kernels.ops import _distance, _launch  # noqa: E402
 from dve_kernels.memory import AllocationRecorder  # noqa: E402
 

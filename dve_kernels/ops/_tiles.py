@@ -118,7 +118,7 @@ def _dot_nt_tensor_core(a_tile, b_tile, scale_log2e, SCALE_A: tl.constexpr, OUT_
 
 @triton.jit
 def _dot_nt_fma(A, a_rows, a_mask, B, b_rows, b_mask, C, scale_log2e, SCALE_A: tl.constexpr, C_PAD: tl.constexpr,
-                K_CHUNK: tl.constexpr, OUT_DTYPE: tl.constexpr, EVEN_C: tl.constexpr):
+                K_CHUNK: tl.constexpr, EVEN_C: tl.constexpr):
     """32/64-bit data: dot(A rows, B rows^T) as IEEE FMA dots over K_CHUNK-wide channel slices read from memory.
 
     ``input_precision="ieee"`` makes this an FMA dot, whose operand fragments hold the whole reduction
@@ -132,7 +132,7 @@ def _dot_nt_fma(A, a_rows, a_mask, B, b_rows, b_mask, C, scale_log2e, SCALE_A: t
     row with two close candidates made that the largest error of the whole result, several times that of a
     dense sgemm on the rows where the latter is lucky; the callers subtract the row max or lse in float64
     first (csrc/common.h, tile_logits_wide, does the same on the CPU). It costs float64 FMA throughput on the
-    float32 path only; OUT_DTYPE is unused there.
+    float32 path only.
     """
     out = tl.zeros([a_rows.shape[0], b_rows.shape[0]], tl.float64)  # the logits stay float64 (see above)
     stride = C_PAD if EVEN_C else C
@@ -166,5 +166,5 @@ def _dot_nt(A, a_rows, a_mask, a_tile, B, b_rows, b_mask, b_tile, C, scale_log2e
         out = _dot_nt_tensor_core(a_tile, b_tile, scale_log2e, SCALE_A=SCALE_A, OUT_DTYPE=OUT_DTYPE)
     else:
         out = _dot_nt_fma(A, a_rows, a_mask, B, b_rows, b_mask, C, scale_log2e, SCALE_A=SCALE_A, C_PAD=C_PAD,
-                          K_CHUNK=K_CHUNK, OUT_DTYPE=OUT_DTYPE, EVEN_C=EVEN_C)
+                          K_CHUNK=K_CHUNK, EVEN_C=EVEN_C)
     return out
