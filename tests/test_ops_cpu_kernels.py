@@ -1,9 +1,8 @@
-"""The compiled CPU backend (dve_kernels._C through dve_kernels._cpu) against the dense reference.
-
-Values and every gradient in float64, float32 and bf16/fp16 storage over odd shapes and C = 1..256, every
-pow, logits of +-1e4, non-finite inputs, determinism (also across thread counts and instruction sets),
-the memory promise (no tensor of N·M elements), torch.library registration (opcheck, torch.compile), and
-the package without the extension.
+"""What is particular to the C++ kernels (``backend="cpu"``): bf16/fp16 storage, logits of +-1e4, non-finite inputs,
+bitwise determinism across runs, thread counts and instruction sets, the memory promise (no tensor of N·M
+elements), the binding's own checks, and the package without the extension. Values and gradients over every
+backend are in test_ops_numerics.py, registration in test_ops_registration.py, the seed sweeps in
+test_ops_sweeps.py.
 """
 
 from __future__ import annotations

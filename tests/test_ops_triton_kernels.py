@@ -1,6 +1,7 @@
-"""The Triton backend (dve_kernels.ops) against the dense reference: values, gradients, memory, determinism,
-torch.library registration. Without a GPU the kernels run on CPU tensors in Triton's interpreter
-(tests/conftest.py sets TRITON_INTERPRET=1), which is ~1000x slower than a GPU: sizes stay small.
+"""What is particular to the Triton kernels (``backend="triton"``): C = 256, many tiles, shared target coordinates,
+the fourth roots, non-finite inputs, float16, random shapes, memory and determinism. Without a GPU the kernels
+run on CPU tensors in Triton's interpreter (tests/conftest.py sets TRITON_INTERPRET=1), which is ~1000x slower
+than a GPU: sizes stay small. Values and gradients over every backend are in test_ops_numerics.py.
 """
 
 from __future__ import annotations
