@@ -14,21 +14,25 @@ from torch import nn
 
 from . import _validation as v
 from . import functional
-from .conventions import gather_auxiliary, prepare_pairs
+from .conventions import compute_dtype, coordinate_dtype, gather_auxiliary, prepare_pairs, unpack_feats
 
 
-def _prepare(feats, grid, pow, normalize_vectors, backend, grid_name="meta['grid']"):
+def _loss(feats, grid, pow, normalize_vectors, dve, num_aux, backend, grid_name="meta['grid']"):
+    """The loss of the original's ``(feats, grid)``: validated, unpacked, (exchanged,) matched. The fused backends
+    compute float32 features in float64 (:func:`~dve_kernels.conventions.compute_dtype`) and round the loss
+    once; the dense one (``"reference"``) computes in the features' dtype, as the original does."""
     v.check_feats_and_grid(feats, grid, grid_name=grid_name)
     v.check_real("pow", pow, positive=True)
     v.check_choice("backend", backend, v.BACKENDS)
-    return prepare_pairs(feats, grid, normalize_vectors)
-
-
-def _loss(src, tgt, src_xy, tgt_xy, pow, dve, num_aux, backend):
+    feats = unpack_feats(feats)
+    dense = functional.resolve_backend(backend, feats.device) == functional._DENSE
+    dtype = feats.dtype if dense else compute_dtype(feats.dtype)
+    src, tgt, src_xy, tgt_xy = prepare_pairs(feats, grid, normalize_vectors, dtype)
     if dve:
         num_aux = v.check_num_aux(num_aux, src.shape[0])
         src = functional.exchange(src, gather_auxiliary(src, num_aux), backend=backend)
-    return functional.warp_loss(src, tgt, src_xy, tgt_xy, pow=pow, reduction="mean", backend=backend)
+    loss = functional.warp_loss(src, tgt, src_xy, tgt_xy, pow=pow, reduction="mean", backend=backend)
+    return loss.to(coordinate_dtype(feats.dtype))
 
 
 def dense_correlation_loss(feats, meta, pow=0.5, fold_corr=False, normalize_vectors=True, *, backend="auto"):
@@ -47,9 +51,7 @@ def dense_correlation_loss(feats, meta, pow=0.5, fold_corr=False, normalize_vect
     Returns:
         A scalar: the mean over pairs and source pixels (the original's division by ``B·H·W``).
     """
-    grid = v.check_meta(meta)
-    src, tgt, src_xy, tgt_xy = _prepare(feats, grid, pow, normalize_vectors, backend)
-    return _loss(src, tgt, src_xy, tgt_xy, pow, False, 1, backend)
+    return _loss(feats, v.check_meta(meta), pow, normalize_vectors, False, 1, backend)
 
 
 def dense_correlation_loss_dve(feats, meta, pow=0.5, fold_corr=False, normalize_vectors=True, *, num_aux=1,
@@ -63,9 +65,7 @@ def dense_correlation_loss_dve(feats, meta, pow=0.5, fold_corr=False, normalize_
     Returns:
         A scalar, the same value as the original's ``dense_correlation_loss_evc``.
     """
-    grid = v.check_meta(meta)
-    src, tgt, src_xy, tgt_xy = _prepare(feats, grid, pow, normalize_vectors, backend)
-    return _loss(src, tgt, src_xy, tgt_xy, pow, True, num_aux, backend)
+    return _loss(feats, v.check_meta(meta), pow, normalize_vectors, True, num_aux, backend)
 
 
 class DVELoss(nn.Module):
@@ -93,9 +93,8 @@ class DVELoss(nn.Module):
         self.backend = v.check_choice("backend", backend, v.BACKENDS)
 
     def forward(self, feats, grid: torch.Tensor) -> torch.Tensor:
-        src, tgt, src_xy, tgt_xy = _prepare(feats, grid, self.pow, self.normalize_vectors, self.backend,
-                                            grid_name="grid")
-        return _loss(src, tgt, src_xy, tgt_xy, self.pow, self.dve, self.num_aux, self.backend)
+        return _loss(feats, grid, self.pow, self.normalize_vectors, self.dve, self.num_aux, self.backend,
+                           grid_name="grid")
 
     def extra_repr(self) -> str:
         return (f"pow={self.pow}, normalize_vectors={self.normalize_vectors}, dve={self.dve}, "

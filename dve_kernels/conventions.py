@@ -37,6 +37,21 @@ def coordinate_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype in which the fused losses of ``compat`` compute embeddings of ``dtype``: float64 for float32,
+    the dtype itself otherwise (16-bit embeddings run 16-bit kernels with float32 accumulation).
+
+    Why float32 is computed in float64: SPEC.md promises that a float32 gradient is no further from float64 than
+    twice the dense float32 computation's error on every input. Once the normalised embeddings (or the
+    exchange's reconstruction) are rounded to float32, even the *exact* gradient of those rounded values misses
+    that bound on about 2 % of random inputs (up to 5.8x; the dense computation, rounded just as coarsely,
+    is lucky there), so no float32 pipeline can keep it. In float64 the only rounding left is the final one.
+    The float32 kernels already accumulate logits in float64, so this costs memory traffic and, on the CPU,
+    float64 SIMD width for the rest of the work; the extra memory is ``O(B·(N + M)·C)``.
+    """
+    return torch.float64 if dtype == torch.float32 else dtype
+
+
 def grid_stride(grid_hw: Sequence[int], feat_hw: Sequence[int]) -> int:
     """The original's sub-sampling stride, ``H_in // H``."""
     return grid_hw[0] // feat_hw[0]
@@ -80,13 +95,14 @@ NORMALIZE_CHUNK = 8192
 
 
 class _Normalize(torch.autograd.Function):
-    """``20 · x / ||x||`` over the last axis, computed in a wider dtype and rounded once, in chunks of rows, saving
-    only ``x`` and the ``(..., 1)`` norms: no wide copy of ``x`` is ever whole or kept for the backward."""
+    """``20 · x / ||x||`` over the last axis, computed in a wider dtype and returned in ``out_dtype`` (rounded once
+    if narrower), in chunks of rows, saving only ``x`` and the ``(..., 1)`` norms: no wide copy of ``x`` is ever
+    whole or kept for the backward."""
 
     @staticmethod
-    def forward(ctx, x, wide):
+    def forward(ctx, x, wide, out_dtype):
         rows = x.reshape(-1, x.shape[-1])
-        out = torch.empty_like(rows)
+        out = torch.empty(rows.shape, dtype=out_dtype, device=x.device)
         norm = torch.empty((rows.shape[0], 1), dtype=wide, device=x.device)
         for start in range(0, rows.shape[0], NORMALIZE_CHUNK):
             part = rows[start:start + NORMALIZE_CHUNK].to(wide)
@@ -108,22 +124,23 @@ class _Normalize(torch.autograd.Function):
             g = grads[start:start + NORMALIZE_CHUNK].to(ctx.wide)
             # d(20 x/|x|) = 20/|x| (I - u u^T): the radial part of the upstream gradient removed
             out[start:start + NORMALIZE_CHUNK] = (g - unit * (unit * g).sum(-1, keepdim=True)) * (NORMALIZED_NORM / n)
-        return out.reshape(x.shape), None
+        return out.reshape(x.shape), None, None
 
 
-def normalize_embeddings(x: torch.Tensor) -> torch.Tensor:
+def normalize_embeddings(x: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
     """L2-normalise over the last (channel) axis and multiply by 20, as ``F.normalize(f, dim=0) * 20``.
 
-    Computed in float64 for float32 embeddings (float32 for 16-bit ones) and rounded once. Normalising in float32
-    leaves each vector's norm off by ~1e-7, which scales every logit of its row (~400) by as much: with a peaked
-    softmax that moved the DVE gradient by ~3e-5 of its max-norm, eight times the whole dense float32
-    computation's error on some inputs, even when everything after it was exact. The wide copies are temporary:
-    only ``x`` and the norms are saved for the backward.
+    Returned in ``dtype`` (default: ``x``'s, which ``dtype`` must not be narrower than). Computed in float64 for
+    float32 embeddings (float32 for 16-bit ones) and rounded at most once. Normalising in float32 leaves each
+    vector's norm off by ~1e-7, which scales every logit of its row (~400) by as much: with a peaked softmax that
+    moved the DVE gradient by ~3e-5 of its max-norm, eight times the whole dense float32 computation's error on
+    some inputs. The wide copies are temporary: only ``x`` and the norms are saved for the backward.
     """
+    dtype = x.dtype if dtype is None else dtype
     if x.dtype == torch.float64:
         return F.normalize(x, p=2, dim=-1) * NORMALIZED_NORM
     wide = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else torch.float64
-    return _Normalize.apply(x, wide)
+    return _Normalize.apply(x, wide, dtype)
 
 
 def auxiliary_indices(batch: int, num_aux: int, device=None) -> torch.Tensor:
@@ -142,19 +159,22 @@ def gather_auxiliary(src: torch.Tensor, num_aux: int) -> torch.Tensor:
     return src[index].reshape(batch, num_aux * n, channels)
 
 
-def prepare_pairs(feats, grid: torch.Tensor, normalize_vectors: bool):
+def prepare_pairs(feats, grid: torch.Tensor, normalize_vectors: bool, dtype: torch.dtype | None = None):
     """Unpack the original's arguments into flat tensors.
 
     Returns:
-        ``src`` ``(B, N, C)``, ``tgt`` ``(B, M, C)`` (normalised x20 when asked),
-        ``src_xy`` ``(B, N, 2)`` and ``tgt_xy`` ``(M, 2)`` in input pixels.
+        ``src`` ``(B, N, C)``, ``tgt`` ``(B, M, C)`` (normalised x20 when asked) in ``dtype`` (default: the
+        features'; see :func:`compute_dtype`), ``src_xy`` ``(B, N, 2)`` and ``tgt_xy`` ``(M, 2)`` in input pixels.
     """
     feats = unpack_feats(feats)
+    dtype = feats.dtype if dtype is None else dtype
     grid = grid.to(feats.device)  # the original moves the grid to the features' device
     src = flatten_maps(feats[0::2])
     tgt = flatten_maps(feats[1::2])
     if normalize_vectors:
-        src = normalize_embeddings(src)
-        tgt = normalize_embeddings(tgt)
-    src_xy, tgt_xy = grid_coordinates(grid, feats.shape[-2:], coordinate_dtype(feats.dtype))
+        src = normalize_embeddings(src, dtype)
+        tgt = normalize_embeddings(tgt, dtype)
+    else:
+        src, tgt = src.to(dtype), tgt.to(dtype)
+    src_xy, tgt_xy = grid_coordinates(grid, feats.shape[-2:], coordinate_dtype(dtype))
     return src, tgt, src_xy, tgt_xy

@@ -30,26 +30,20 @@ def max_norm(x: torch.Tensor) -> float:
     return x.double().abs().max().item() if x.numel() else 0.0
 
 
-def tolerance(exact: torch.Tensor, dense: torch.Tensor | None, dtype: torch.dtype, scale: float = 0.0,
-              other: torch.Tensor | None = None) -> float:
+def tolerance(exact: torch.Tensor, dense: torch.Tensor | None, dtype: torch.dtype, scale: float = 0.0) -> float:
     """The allowed max-norm error for a result of ``dtype`` whose float64 value is ``exact`` and whose dense
-    computation in the same dtype gave ``dense``.
-
-    ``other``: a second independent computation whose error also sets the bound (twice it), e.g. the exact
-    computation on the ``dtype``-rounded inputs of the kernels, when the inputs' own rounding is the larger
-    error. ``scale``: see SCALE_FLOOR."""
+    computation in the same dtype gave ``dense``. ``scale``: see SCALE_FLOOR."""
     if dtype == torch.float64:
         return max(FLOAT64_RELATIVE * max(max_norm(exact), 1.0), SCALE_FLOOR[dtype] * scale)
     floor = FLOAT32_FLOOR if dtype == torch.float32 else torch.finfo(dtype).eps / 4
     dense_error = 0.0 if dense is None else error(dense, exact)
-    other_error = 0.0 if other is None else error(other, exact)
-    return max(2 * dense_error, 2 * other_error, floor * max_norm(exact), SCALE_FLOOR[dtype] * scale)
+    return max(2 * dense_error, floor * max_norm(exact), SCALE_FLOOR[dtype] * scale)
 
 
 def ratio(value: torch.Tensor, exact: torch.Tensor, dense: torch.Tensor | None, dtype: torch.dtype,
-          scale: float = 0.0, other: torch.Tensor | None = None) -> float:
+          scale: float = 0.0) -> float:
     """Error over tolerance: <= 1 keeps the promise. A zero tolerance (exact zero everywhere) needs exact zero."""
-    bound = tolerance(exact, dense, dtype, scale, other)
+    bound = tolerance(exact, dense, dtype, scale)
     err = error(value, exact)
     if bound == 0.0:
         return 0.0 if err == 0.0 else float("inf")
