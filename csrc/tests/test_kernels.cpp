@@ -239,6 +239,16 @@ void test_fast_exp() {
   check(dve::fast_exp(-INFINITY) == 0.0f, "fast_exp(-inf) == 0");
   check(std::isnan(dve::fast_exp(NAN)), "fast_exp(nan) is nan");
   check(dve::fast_exp(0.0f) == 1.0f, "fast_exp(0) == 1");
+  // double: within 2 ulp of std::exp over its whole normal range, and the same special values
+  double worst_double = 0;
+  for (double x = -708.0; x <= 709.0; x += 0.0013717) {
+    const double want = std::exp(x);
+    worst_double = std::max(worst_double, std::fabs(dve::fast_exp(x) - want) / want);
+  }
+  check(worst_double < 4.5e-16, "fast_exp(double) relative error " + std::to_string(worst_double));
+  check(dve::fast_exp(-INFINITY) == 0.0 && dve::fast_exp(-800.0) == 0.0, "fast_exp(double) underflows to 0");
+  check(std::isnan(dve::fast_exp(static_cast<double>(NAN))), "fast_exp(double nan) is nan");
+  check(dve::fast_exp(0.0) == 1.0 && std::isinf(dve::fast_exp(710.0)), "fast_exp(double) at 0 and overflow");
 }
 
 void test_half_conversions() {
