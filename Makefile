@@ -69,8 +69,9 @@ clean:
 #   make triton-env          Triton $(TRITON_ALT) (the GPU machine's) and $(TRITON_FLOOR) (the declared floor), each
 #                            with NumPy $(OLD_TRITON_NUMPY) (their interpreter breaks on NumPy 2.4), in
 #                            $(TRITON_ENVS)/<version> for the venv's Python: put one first on PYTHONPATH to use it.
-#   make aot-sample          the representative AOT sample (each kernel; fp32 and bf16; C = 64, C = 64 ragged,
-#                            C = 32 ragged; sm_80 and sm_90: 72 compiles)
+#   make aot-sample          the representative AOT sample (each kernel; fp32, fp64 (the float32 drop-in losses'
+#                            kernels, see conventions.compute_dtype) and bf16; C = 64, C = 64 ragged,
+#                            C = 32 ragged; sm_80 and sm_90: 108 compiles)
 #                            with Triton $(TRITON_ALT) (aot-sample-alt, which CI runs), then with the venv's newest:
 #                            tests/test_triton_aot.py fails on any error, spill or shared-memory overflow.
 #   make test-triton-floor   the interpreter tests ($(FLOOR_TESTS)) on the declared floor, Triton $(TRITON_FLOOR).
@@ -80,7 +81,7 @@ TRITON_ALT ?= 3.6.0
 TRITON_FLOOR ?= 3.5.1
 TRITON_ENVS ?= build/triton
 OLD_TRITON_NUMPY ?= 2.3.5
-AOT_SAMPLE ?= _(fp32|bf16)_(c64(_pow0\.5)?(_ragged)?|c32(_pow0\.5)?_ragged)$$
+AOT_SAMPLE ?= _(fp32|fp64|bf16)_(c64(_pow0\.5)?(_ragged)?|c32(_pow0\.5)?_ragged)$$
 FLOOR_TESTS ?= tests/test_ops_triton_kernels.py tests/test_ops_numerics.py
 
 .PHONY: gpu-check triton-env aot-sample aot-sample-alt test-triton-floor

@@ -38,18 +38,20 @@ def coordinate_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    """The dtype in which the fused losses of ``compat`` compute embeddings of ``dtype``: float64 for float32,
-    the dtype itself otherwise (16-bit embeddings run 16-bit kernels with float32 accumulation).
+    """The dtype in which the drop-in losses of ``compat`` compute on the fused backends, for features of
+    ``dtype``: float64 for float32, float32 for float16 / bfloat16, float64 for float64.
 
-    Why float32 is computed in float64: SPEC.md promises that a float32 gradient is no further from float64 than
-    twice the dense float32 computation's error on every input. Once the normalised embeddings (or the
-    exchange's reconstruction) are rounded to float32, even the *exact* gradient of those rounded values misses
-    that bound on about 2 % of random inputs (up to 5.8x; the dense computation, rounded just as coarsely,
-    is lucky there), so no float32 pipeline can keep it. In float64 the only rounding left is the final one.
-    The float32 kernels already accumulate logits in float64, so this costs memory traffic and, on the CPU,
-    float64 SIMD width for the rest of the work; the extra memory is ``O(B·(N + M)·C)``.
+    Why wider: SPEC.md promises that every gradient is no further from float64 than twice the dense computation's
+    error in the same dtype, on every input. Once the normalised embeddings are rounded to the features' dtype,
+    even the *exact* gradient of those rounded values misses that bound on some inputs, because the dense
+    computation, rounded just as coarsely, is lucky there: on the seed sweep's inputs (tests/test_ops_sweeps.py)
+    about 2 % in float32 (up to 5.8x) and 10 % in float16 / bfloat16 (up to 32x: 16-bit rounding moves a logit
+    of ~400 by about one unit). No pipeline that rounds them can keep the promise; computed wider, the only
+    rounding left is the result's. Costs, measured and modelled, are in the README (float32 kernels already keep
+    their logits in float64); the extra memory is ``O(B·(N + M)·C)``. The ops (``exchange``, ``warp_loss``)
+    compute in their inputs' dtype: compose them for 16-bit tensor-core speed.
     """
-    return torch.float64 if dtype == torch.float32 else dtype
+    return torch.float64 if dtype in (torch.float32, torch.float64) else torch.float32
 
 
 def grid_stride(grid_hw: Sequence[int], feat_hw: Sequence[int]) -> int:
@@ -90,27 +92,26 @@ def flatten_maps(maps: torch.Tensor) -> torch.Tensor:
     return maps.reshape(batch, channels, -1).transpose(1, 2)
 
 
-#: Rows per chunk of the wide normalisation: its temporaries stay at NORMALIZE_CHUNK x C wide values.
+#: Rows per chunk of the float64 normalisation: its temporaries stay at NORMALIZE_CHUNK x C float64 values.
 NORMALIZE_CHUNK = 8192
 
 
 class _Normalize(torch.autograd.Function):
-    """``20 · x / ||x||`` over the last axis, computed in a wider dtype and returned in ``out_dtype`` (rounded once
-    if narrower), in chunks of rows, saving only ``x`` and the ``(..., 1)`` norms: no wide copy of ``x`` is ever
-    whole or kept for the backward."""
+    """``20 · x / ||x||`` over the last axis, computed in float64 and returned in ``out_dtype`` (rounded once
+    if narrower), in chunks of rows, saving only ``x`` and the ``(..., 1)`` norms: no float64 copy of ``x`` is
+    ever whole or kept for the backward."""
 
     @staticmethod
-    def forward(ctx, x, wide, out_dtype):
+    def forward(ctx, x, out_dtype):
         rows = x.reshape(-1, x.shape[-1])
         out = torch.empty(rows.shape, dtype=out_dtype, device=x.device)
-        norm = torch.empty((rows.shape[0], 1), dtype=wide, device=x.device)
+        norm = torch.empty((rows.shape[0], 1), dtype=torch.float64, device=x.device)
         for start in range(0, rows.shape[0], NORMALIZE_CHUNK):
-            part = rows[start:start + NORMALIZE_CHUNK].to(wide)
+            part = rows[start:start + NORMALIZE_CHUNK].double()
             n = torch.linalg.vector_norm(part, dim=-1, keepdim=True).clamp_min(1e-12)  # F.normalize's eps
             norm[start:start + NORMALIZE_CHUNK] = n
             out[start:start + NORMALIZE_CHUNK] = part * (NORMALIZED_NORM / n)
         ctx.save_for_backward(x, norm)
-        ctx.wide = wide
         return out.reshape(x.shape)
 
     @staticmethod
@@ -120,27 +121,26 @@ class _Normalize(torch.autograd.Function):
         out = torch.empty_like(rows)
         for start in range(0, rows.shape[0], NORMALIZE_CHUNK):
             n = norm[start:start + NORMALIZE_CHUNK]
-            unit = rows[start:start + NORMALIZE_CHUNK].to(ctx.wide) / n
-            g = grads[start:start + NORMALIZE_CHUNK].to(ctx.wide)
+            unit = rows[start:start + NORMALIZE_CHUNK].double() / n
+            g = grads[start:start + NORMALIZE_CHUNK].double()
             # d(20 x/|x|) = 20/|x| (I - u u^T): the radial part of the upstream gradient removed
             out[start:start + NORMALIZE_CHUNK] = (g - unit * (unit * g).sum(-1, keepdim=True)) * (NORMALIZED_NORM / n)
-        return out.reshape(x.shape), None, None
+        return out.reshape(x.shape), None
 
 
 def normalize_embeddings(x: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
     """L2-normalise over the last (channel) axis and multiply by 20, as ``F.normalize(f, dim=0) * 20``.
 
-    Returned in ``dtype`` (default: ``x``'s, which ``dtype`` must not be narrower than). Computed in float64 for
-    float32 embeddings (float32 for 16-bit ones) and rounded at most once. Normalising in float32 leaves each
-    vector's norm off by ~1e-7, which scales every logit of its row (~400) by as much: with a peaked softmax that
-    moved the DVE gradient by ~3e-5 of its max-norm, eight times the whole dense float32 computation's error on
-    some inputs. The wide copies are temporary: only ``x`` and the norms are saved for the backward.
+    Computed in float64 and returned in ``dtype`` (default: ``x``'s), rounded at most once. Normalising in
+    float32 leaves each vector's norm off by ~1e-7, which scales every logit of its row (~400) by as much: with a
+    peaked softmax that moved the DVE gradient by ~3e-5 of its max-norm, eight times the whole dense float32
+    computation's error on some inputs. The float64 copies are temporary: only ``x`` and the norms are saved for
+    the backward.
     """
     dtype = x.dtype if dtype is None else dtype
     if x.dtype == torch.float64:
-        return F.normalize(x, p=2, dim=-1) * NORMALIZED_NORM
-    wide = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else torch.float64
-    return _Normalize.apply(x, wide, dtype)
+        return (F.normalize(x, p=2, dim=-1) * NORMALIZED_NORM).to(dtype)
+    return _Normalize.apply(x, dtype)
 
 
 def auxiliary_indices(batch: int, num_aux: int, device=None) -> torch.Tensor:

@@ -207,3 +207,21 @@ def test_fp32_dot_accepts_only_the_kernels_algorithm():
     with pytest.raises(ValueError, match="only 'ieee'"):
         with gpu_check.fp32_dot("3xtf32"):
             pass
+
+
+def test_ops_dve_is_the_dve_loss_in_the_features_dtype():
+    """The dve section's ``dve_kernels-ops`` provider: the two ops composed, the drop-in's value, in the features'
+    dtype (the drop-in computes wider); on the CPU backend here, the same code runs on CUDA."""
+    pytest.importorskip("dve_kernels._C")
+    from dve_kernels import reference
+
+    g = torch.Generator().manual_seed(0)
+    feats = torch.randn(4, 16, 5, 6, generator=g)
+    grid = torch.rand(2, 10, 12, 2, generator=g) * 2 - 1
+    exact = reference.dense_correlation_loss_dve(feats.double(), {"grid": grid.double()})
+    for dtype, rtol in ((torch.float32, 1e-5), (torch.bfloat16, 2e-2)):
+        f = feats.to(dtype).requires_grad_(True)
+        loss = gpu_check._ops_dve(f, grid.to(dtype))
+        (grad,) = torch.autograd.grad(loss, f)
+        assert grad.dtype == dtype
+        assert abs(loss.item() - exact.item()) <= rtol * exact.item(), (dtype, loss.item(), exact.item())

@@ -157,15 +157,15 @@ def test_every_backend_returns_the_same_dtypes(backend):
 
 
 def test_normalisation_is_wide_chunked_and_differentiable(monkeypatch):
-    """normalize_embeddings: float32 embeddings normalised in float64, rounded once or kept float64 on request,
-    gradient by gradcheck, in chunks."""
+    """normalize_embeddings: float32 / 16-bit embeddings normalised in float64, rounded once or kept wider on
+    request, gradient by gradcheck, in chunks."""
     import torch.nn.functional as F
 
     from dve_kernels import conventions
 
     monkeypatch.setattr(conventions, "NORMALIZE_CHUNK", 4)  # several chunks and a partial one
     x = torch.randn(3, 7, 5, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda t: conventions._Normalize.apply(t, torch.float64, torch.float64), (x,))
+    assert torch.autograd.gradcheck(lambda t: conventions._Normalize.apply(t, torch.float64), (x,))
     x32 = torch.randn(2, 9, 6, generator=torch.Generator().manual_seed(2), requires_grad=True)
     exact = (F.normalize(x32.double(), dim=-1) * 20)
     assert torch.equal(conventions.normalize_embeddings(x32), exact.float())  # rounded once from float64
@@ -175,3 +175,7 @@ def test_normalisation_is_wide_chunked_and_differentiable(monkeypatch):
     (grad,) = torch.autograd.grad(wide, x32, upstream)
     (expected,) = torch.autograd.grad(exact, x32, upstream)
     assert grad.dtype == torch.float32 and torch.allclose(grad, expected, rtol=1e-6, atol=0)
+    x16 = x32.detach().bfloat16()
+    exact16 = F.normalize(x16.double(), dim=-1) * 20
+    assert torch.equal(conventions.normalize_embeddings(x16), exact16.bfloat16())
+    assert torch.equal(conventions.normalize_embeddings(x16, torch.float32), exact16.float())

@@ -2,9 +2,13 @@
 
 Each seed draws one input of its family: sharp softmaxes (x20-normalised vectors, and raw logits up to +-1e4),
 tiny and one-row maps, strides 1-4, C from 1 to 256, num_aux 1-3, pow 0.5 / 1 / 2, in float32 (against twice
-the dense float32 error, tests/_tolerance.py) and float64. One input that misses fails the test, naming its seed.
-``cpu`` runs ``SEEDS_CPU`` inputs per family; the Triton kernels in the interpreter (~1000x slower) a smaller
-sweep. ``python -m tests.test_ops_sweeps [seeds]`` prints the worst ratio per backend and family.
+the dense float32 error, tests/_tolerance.py) and float64. The families: each op alone (``exchange``,
+``warp_loss``) and the drop-in losses end to end against the original repository's code (``dve_loss``,
+``correlation_loss``, also in float16 / bfloat16 against the original in that dtype). One input that misses fails
+the test, naming its seed. ``cpu`` runs ``SEEDS_CPU`` inputs per family; the Triton kernels in the interpreter
+(~1000x slower) a smaller sweep. ``python -m tests.test_ops_sweeps [seeds]`` prints the worst ratio per backend,
+family and dtype; ``--float32-logits`` instead emulates the op families with exact arithmetic but float32-rounded
+logits (what any float32-accumulating dot gives at best).
 """
 
 from __future__ import annotations
@@ -31,6 +35,8 @@ SEEDS_CPU = 200
 SEEDS_CPU_FLOAT64 = 50  # the fast tier; the slow tier runs the rest of SEEDS_CPU
 SEEDS_INTERPRETER = 4  # the fast tier; the slow tier runs SEEDS_INTERPRETER_SLOW
 SEEDS_INTERPRETER_SLOW = 12
+SEEDS_CPU_16BIT = 50  # the drop-in families in float16 and bfloat16, fast tier; the slow tier runs the rest of SEEDS_CPU
+HALF_DTYPES = (torch.float16, torch.bfloat16)
 CHANNELS = (1, 2, 3, 5, 16, 17, 33, 64, 100, 128, 256)
 
 
@@ -75,14 +81,51 @@ def _compare(fn_fused, fn_dense, inputs64, upstream, dtype):
     return worst
 
 
+class _RoundToFloat32(torch.autograd.Function):
+    """float64 values rounded to float32 and back; the gradient passes through."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.float().double()
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad
+
+
+def _float32_logits(src, tgt):
+    """The softmax of exact logits rounded once to float32: the best a float32-accumulating dot (an FMA dot, or
+    any TF32 split on tensor cores) can give, with everything else exact."""
+    return torch.softmax(_RoundToFloat32.apply(torch.bmm(src.double(), tgt.double().transpose(1, 2))), dim=-1)
+
+
+def _exchange_fn(backend):
+    if backend == FLOAT32_LOGITS:
+        return lambda q, a: torch.bmm(_float32_logits(q, a), a.double()).to(q.dtype)
+    return lambda q, a: dve_kernels.exchange(q, a, backend=backend)
+
+
+def _warp_loss_fn(backend, src_xy, tgt_xy, pow):
+    if backend == FLOAT32_LOGITS:
+        def emulated(s, t):
+            distances = reference.pairwise_distances(src_xy.double(), tgt_xy.double(), pow)
+            return (_float32_logits(s, t) * distances).sum(-1).float()
+        return emulated
+    return lambda s, t: dve_kernels.warp_loss(s, t, src_xy.to(s.dtype), tgt_xy.to(s.dtype), pow=pow,
+                                              reduction="none", backend=backend)
+
+
+#: A pseudo-backend for the op families: float64 arithmetic with float32-rounded logits (see _float32_logits).
+FLOAT32_LOGITS = "float32-logits"
+
+
 def exchange_case(seed, backend, dtype):
     g = torch.Generator().manual_seed(seed)
     batch, n, m, channels = _size(g, 1, 3), _size(g, 1, 90), _size(g, 1, 90), CHANNELS[_size(g, 0, len(CHANNELS) - 1)]
     sharpness = _sharpness(g)
     query, aux = _draw_features(g, batch, n, channels, sharpness), _draw_features(g, batch, m, channels, sharpness)
     upstream = torch.randn(batch, n, channels, generator=g, dtype=torch.float64)
-    return _compare(lambda q, a: dve_kernels.exchange(q, a, backend=backend),
-                    lambda q, a: reference.exchange(q, a), [query, aux], upstream, dtype)
+    return _compare(_exchange_fn(backend), lambda q, a: reference.exchange(q, a), [query, aux], upstream, dtype)
 
 
 def warp_loss_case(seed, backend, dtype):
@@ -97,9 +140,7 @@ def warp_loss_case(seed, backend, dtype):
     tgt_xy = (torch.rand(batch, m, 2, generator=g, dtype=torch.float64) * extent).float().double()
     upstream = torch.rand(batch, n, generator=g, dtype=torch.float64) - 0.3
 
-    def fused(s, t):
-        return dve_kernels.warp_loss(s, t, src_xy.to(s.dtype), tgt_xy.to(s.dtype), pow=pow, reduction="none",
-                                     backend=backend)
+    fused = _warp_loss_fn(backend, src_xy, tgt_xy, pow)
 
     def dense(s, t):
         return reference.warp_loss(s, t, src_xy.to(s.dtype), tgt_xy.to(s.dtype), pow=pow, reduction="none")
@@ -128,6 +169,8 @@ def drop_in_ratios(seed, backend, dtype, dve=True):
     """The public drop-in end to end (normalise, exchange when ``dve``, warp loss), against the original
     repository's code: (loss ratio to 1e-5 relative, gradient ratio to twice the dense error)."""
     feats, grid, kwargs = _draw_dve_input(seed)
+    if dtype in HALF_DTYPES:  # values the 16-bit dtype holds
+        feats, grid = feats.to(dtype).double(), grid.to(dtype).double()
     if not dve:
         kwargs = {k: v for k, v in kwargs.items() if k != "num_aux"}
     fused_fn = dve_kernels.dense_correlation_loss_dve if dve else dve_kernels.dense_correlation_loss
@@ -153,7 +196,10 @@ def drop_in_ratios(seed, backend, dtype, dve=True):
         dense = run(original.dense_correlation_loss_dve, dtype, with_num_aux=False)
     else:
         dense = run(reference.dense_correlation_loss_dve, dtype)
-    loss_ratio = abs(fused[0].item() - exact[0].item()) / (1e-5 * abs(exact[0].item()) + 1e-30)
+    if dtype == torch.float32:
+        loss_ratio = abs(fused[0].item() - exact[0].item()) / (1e-5 * abs(exact[0].item()) + 1e-30)
+    else:
+        loss_ratio = ratio(fused[0], exact[0], dense[0], dtype)
     # the problem's own gradient scale (loss over feature size), for gradients that vanish in exact arithmetic
     # (C = 1 with normalised vectors, one-hot rows): they are compared at float32 resolution of that scale
     scale = abs(exact[0].item()) / max(feats.abs().max().item(), 1e-30)
@@ -199,6 +245,20 @@ def test_sweep_cpu_float32(family, record_property):
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_sweep_cpu_float64(family, record_property):
     _cpu_sweep(family, torch.float64, range(SEEDS_CPU_FLOAT64), record_property)
+
+
+@pytest.mark.parametrize("dtype", HALF_DTYPES, ids=str)
+@pytest.mark.parametrize("family", ["correlation_loss", "dve_loss"])
+def test_sweep_cpu_16bit_drop_in(family, dtype, record_property):
+    """The drop-in losses on 16-bit features against the original's code in the same dtype."""
+    _cpu_sweep(family, dtype, range(SEEDS_CPU_16BIT), record_property)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dtype", HALF_DTYPES, ids=str)
+@pytest.mark.parametrize("family", ["correlation_loss", "dve_loss"])
+def test_sweep_cpu_16bit_drop_in_more_seeds(family, dtype, record_property):
+    _cpu_sweep(family, dtype, range(SEEDS_CPU_16BIT, SEEDS_CPU), record_property)
 
 
 @pytest.mark.slow
@@ -250,7 +310,19 @@ def test_issue_reproducers():
 if __name__ == "__main__":  # the closing-note numbers: worst ratio per backend, family and dtype
     if not torch.cuda.is_available():
         os.environ.setdefault("TRITON_INTERPRET", "1")
-    count = int(sys.argv[1]) if len(sys.argv) > 1 else SEEDS_CPU
+    args = [a for a in sys.argv[1:] if not a.startswith("--")]
+    count = int(args[0]) if args else SEEDS_CPU
+    if "--float32-logits" in sys.argv:  # what float32-rounded logits alone cost (docs/gpu.md, TF32 splits)
+        for family in ("exchange", "warp_loss"):
+            worst, seed, missed = sweep(family, FLOAT32_LOGITS, torch.float32, range(count))
+            print(f"{FLOAT32_LOGITS} {family:10s} seeds {count:4d}  worst ratio {worst:.3f} (seed {seed})  "
+                  f"missed {len(missed)}", flush=True)
+        sys.exit(0)
+    for family in ("correlation_loss", "dve_loss"):
+        for dtype in HALF_DTYPES:
+            worst, seed, missed = sweep(family, "cpu", dtype, range(count))
+            print(f"cpu     {family:16s} {str(dtype):14s} seeds {count:4d}  worst ratio {worst:.3f} "
+                  f"(seed {seed})  missed {len(missed)}", flush=True)
     for backend, dtypes, n in [("cpu", (torch.float32, torch.float64), count),
                                ("triton", (torch.float32,), SEEDS_INTERPRETER_SLOW)]:
         for family in sorted(FAMILIES):
