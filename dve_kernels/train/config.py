@@ -105,7 +105,7 @@ PRESETS = {
     # The same faces at the paper's SmallNet resolution (70x70 inputs, 35x35 maps) and at twice it: 100 steps.
     "res1x": dict(model="smallnet", model_width=0.5, embedding_dim=16, imwidth=100, crop=15, face_marks=30,
                   train_count=400, test_count=200, epochs=1, batch_size=4, lr=3e-3, lr_milestones=[],
-                  eval_pairs=64, regression_train=400, regression_test=200, regression_steps=400),
+                  eval_pairs=64, regression_train=400, regression_test=200, regression_steps=150),
 }
 PRESETS["res2x"] = dict(PRESETS["res1x"], imwidth=200, crop=30)  # 140x140 inputs, 70x70 maps
 
