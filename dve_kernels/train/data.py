@@ -224,13 +224,6 @@ class AFLWMTFL(_Base):
         return _item(image.resize((self.imwidth, self.imwidth), Image.BILINEAR), kp, index)
 
 
-def _pad_crop(image: Image.Image, left: int, top: int, right: int, bottom: int) -> Image.Image:
-    """Crop ``[left, right) x [top, bottom)``, padding with zeros outside the image."""
-    out = Image.new("RGB", (right - left, bottom - top))
-    out.paste(image, (-left, -top))
-    return out
-
-
 def _read_pts(path: Path) -> np.ndarray:
     if not path.is_file():
         raise DatasetError(f"300-W landmark file not found: {path}")
@@ -291,7 +284,8 @@ class Faces300W(_Base):
         side = width / self.FACE_FRACTION
         left, top = int(np.floor(cx - side / 2)), int(np.floor(cy - side / 2))
         size = int(np.ceil(side))
-        crop = _pad_crop(image, left, top, left + size, top + size)
+        crop = Image.new("RGB", (size, size))  # the square around the box, zeros outside the image
+        crop.paste(image, (-left, -top))
         kp = (self.points[index] - 1.0 - [left, top]) * (self.imwidth / size)
         return _item(crop.resize((self.imwidth, self.imwidth), Image.BILINEAR), kp.astype(np.float32), index)
 
