@@ -77,3 +77,16 @@ def test_highres_preset_gives_128x128_embeddings():
     net = build_model(TrainConfig.from_dict(preset)).to("meta")
     size = preset["imwidth"] - 2 * preset["crop"]
     assert net(torch.empty(2, 3, size, size, device="meta")).shape == (2, 64, 128, 128)
+
+
+def test_memory_report_takes_every_training_flag_and_the_dense_step_holds_n_by_m(capsys):
+    import json
+
+    from dve_kernels.train.memory_report import main
+
+    assert main(["--preset", "demo", "--batch-size", "2", "-C", "8", "--imwidth", "40", "--crop", "4"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["embedding"] == "16x16x8" and report["pairs_per_step"] == 2 and report["input"] == 32
+    dense, fused = report["dense"], report["fused"]
+    assert dense["peak_bytes"] > fused["peak_bytes"] > 0, (dense, fused)
+    assert "(2, 256, 256, 2)" in dense["largest_tensor"]  # B x N x M coordinate differences: the memory wall

@@ -29,22 +29,16 @@ class CheckpointError(RuntimeError):
     """A checkpoint is missing, unreadable or not one of ours; the message names the file and the problem."""
 
 
-def _temporary(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp{os.getpid()}")
-
-
-def remove_stale_temporaries(folder: Path, name: str = CHECKPOINT_NAME) -> list:
-    """Remove temporary checkpoint files left in ``folder`` by killed writes; returns their paths."""
-    stale = sorted(Path(folder).glob(f".{name}.tmp*"))
-    for path in stale:
+def remove_stale_temporaries(folder: Path, name: str = CHECKPOINT_NAME) -> None:
+    """Remove temporary checkpoint files left in ``folder`` by killed writes."""
+    for path in Path(folder).glob(f".{name}.tmp*"):
         path.unlink(missing_ok=True)
-    return stale
 
 
 def save_checkpoint(path, payload: dict) -> None:
     """Write ``payload`` atomically (a temporary file, flushed, then ``os.replace``); no temporary file remains."""
     path = Path(path)
-    tmp = _temporary(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
         with open(tmp, "wb") as handle:
             torch.save(payload, handle)
@@ -53,11 +47,6 @@ def save_checkpoint(path, payload: dict) -> None:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-
-
-def _reason(error: Exception) -> str:
-    lines = [line.strip() for line in str(error).splitlines() if "Unsupported" in line]
-    return lines[0].split(". ")[0] if lines else type(error).__name__
 
 
 def load_checkpoint(path, map_location="cpu") -> dict:
@@ -74,9 +63,10 @@ def load_checkpoint(path, map_location="cpu") -> dict:
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as error:
+        reasons = [line.strip().split(". ")[0] for line in str(error).splitlines() if "Unsupported" in line]
         raise CheckpointError(f"checkpoint {path} holds objects other than tensors and plain containers, so it "
                               f"was not written by dve_kernels.train; refusing to unpickle it "
-                              f"({_reason(error)})") from None
+                              f"({reasons[0] if reasons else type(error).__name__})") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as error:
         raise CheckpointError(f"checkpoint {path} is truncated or not a PyTorch file "
                               f"({type(error).__name__}: {error})") from None

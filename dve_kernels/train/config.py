@@ -97,25 +97,30 @@ PRESETS = {
     # Beyond the dense formulation: 288 cropped to 256x256 -> 128x128 embeddings, C = 64 (needs a fused backend).
     "highres": dict(model="hourglass", embedding_dim=64, imwidth=288, crop=16, epochs=100, batch_size=16,
                     lr=1e-3, lr_milestones=[0.5]),
+    # Trains on a 2-core CPU beyond the dense formulation's reach (25.9 GiB for one step, computed by
+    # memory_report): half-width SmallNet, C = 16, 192x192 inputs -> 96x96 maps, 10 pairs, 28 steps (one epoch).
+    "highres-cpu": dict(model="smallnet", model_width=0.5, embedding_dim=16, imwidth=274, crop=41, face_marks=30,
+                        train_count=280, test_count=200, epochs=1, batch_size=10, lr=3e-3, lr_milestones=[],
+                        eval_pairs=100, regression_train=280, regression_test=100, regression_steps=200),
+    # The same faces at the paper's SmallNet resolution (70x70 inputs, 35x35 maps) and at twice it: 100 steps.
+    "res1x": dict(model="smallnet", model_width=0.5, embedding_dim=16, imwidth=100, crop=15, face_marks=30,
+                  train_count=400, test_count=200, epochs=1, batch_size=4, lr=3e-3, lr_milestones=[],
+                  eval_pairs=64, regression_train=400, regression_test=200, regression_steps=150),
 }
+PRESETS["res2x"] = dict(PRESETS["res1x"], imwidth=200, crop=30)  # 140x140 inputs, 70x70 maps
 
 
 def _bool(text: str) -> bool:
     value = text.strip().lower()
-    if value in ("1", "true", "yes", "on"):
-        return True
-    if value in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected a boolean (on/off, true/false, 1/0), got {text!r}")
-
-
-def _preset_values(name: str) -> str:
-    return ", ".join(f"{key}={value}" for key, value in PRESETS[name].items())
+    if value not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+        raise argparse.ArgumentTypeError(f"expected a boolean (on/off, true/false, 1/0), got {text!r}")
+    return value in ("1", "true", "yes", "on")
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The flags: ``--preset``, ``--out``, ``--resume``, ``--no-eval`` and one flag per :class:`TrainConfig` field."""
-    presets = "; ".join(f"{name}: {_preset_values(name)}" for name in PRESETS)
+    presets = "; ".join(f"{name}: " + ", ".join(f"{k}={v}" for k, v in values.items())
+                        for name, values in PRESETS.items())
     parser = argparse.ArgumentParser(
         prog="python -m dve_kernels.train",
         description="Learn dense landmark embeddings with DVE (Thewlis et al., ICCV 2019), evaluate them "
@@ -131,26 +136,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-eval", action="store_true", help="train only")
     hints = get_type_hints(TrainConfig)
     for f in fields(TrainConfig):
-        kind = hints[f.name]
-        default = f.default if f.default is not MISSING else f.default_factory()
+        kind, default = hints[f.name], (f.default if f.default is not MISSING else f.default_factory())
         flags = [f"--{f.name.replace('_', '-')}"] + ([f.metadata["short"]] if "short" in f.metadata else [])
-        kwargs = dict(dest=f.name, default=None, help=f"{f.metadata['help']} (default {default})")
+        kwargs = dict(dest=f.name, default=None, help=f"{f.metadata['help']} (default {default})",
+                      choices=f.metadata.get("choices"))
         if kind is bool:
             kwargs.update(type=_bool, metavar="on|off")
         elif kind == List[float]:
             kwargs.update(type=float, nargs="*")
         else:
-            base = {Optional[int]: int, Optional[str]: str}.get(kind, kind)
-            kwargs.update(type=base)
-        if "choices" in f.metadata:
-            kwargs["choices"] = f.metadata["choices"]
+            kwargs.update(type={Optional[int]: int, Optional[str]: str}.get(kind, kind))
         parser.add_argument(*flags, **kwargs)
     return parser
-
-
-def given_overrides(args: argparse.Namespace) -> dict:
-    """The config fields set on the command line."""
-    return {f.name: getattr(args, f.name) for f in fields(TrainConfig) if getattr(args, f.name, None) is not None}
 
 
 def config_from_args(args: argparse.Namespace, base: Optional[dict] = None) -> TrainConfig:
@@ -158,7 +155,8 @@ def config_from_args(args: argparse.Namespace, base: Optional[dict] = None) -> T
     values = dict(base) if base is not None else dict(PRESETS[args.preset or "demo"])
     if base is not None and args.preset is not None:
         values.update(PRESETS[args.preset])
-    values.update(given_overrides(args))
+    values.update({f.name: getattr(args, f.name) for f in fields(TrainConfig)
+                   if getattr(args, f.name, None) is not None})
     config = TrainConfig.from_dict(values)
     validate_config(config)
     return config
@@ -169,11 +167,9 @@ def validate_config(config: TrainConfig) -> None:
         raise ValueError(f"imwidth={config.imwidth} with crop={config.crop} leaves a {config.input_size}px input")
     if config.input_size % 2:
         raise ValueError(f"the network input imwidth - 2*crop = {config.input_size} must be even (stride 2)")
-    for name in ("epochs", "batch_size", "embedding_dim", "num_aux"):
-        if getattr(config, name) < 1:
+    for name in ("epochs", "batch_size", "embedding_dim", "num_aux", "max_steps"):
+        if getattr(config, name) is not None and getattr(config, name) < 1:
             raise ValueError(f"{name} must be >= 1, got {getattr(config, name)}")
-    if config.max_steps is not None and config.max_steps < 1:
-        raise ValueError(f"max_steps must be >= 1, got {config.max_steps}")
     if config.checkpoint_every < 0 or config.checkpoint_minutes < 0:
         raise ValueError(f"checkpoint_every and checkpoint_minutes must be >= 0, got {config.checkpoint_every} and "
                          f"{config.checkpoint_minutes}")

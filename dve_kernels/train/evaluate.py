@@ -1,14 +1,5 @@
-"""Evaluation of learned embeddings: the paper's matching protocol and landmark regression.
-
-- Matching (Table 1; the original's ``test_matching.py``): test images are taken in pairs ``(a, b)``; both are
-  warped with the evaluation warps (half the training spreads, ``im1_multiplier = 1``). The annotated
-  landmarks of ``x_a`` are matched, by the largest inner product over every pixel, into ``x'_a`` (same identity:
-  the ground truth is the warped landmark) and into ``x'_b`` (different identity: the ground truth is ``b``'s own
-  landmark). The errors are the mean Euclidean distances in input pixels.
-- Landmark regression (section 4.1, the original's ``IntermediateKeypointPredictor``): on frozen embeddings, for
-  each landmark 50 learned 1x1 filters give 50 heatmaps, a spatial softmax and soft-argmax turn them into 50
-  (x, y) points, and a linear map of those 100 numbers gives the landmark. Fitted on the annotated training
-  split, reported on the test split as the mean error in percent of the inter-ocular distance.
+"""Evaluation of learned embeddings: the paper's matching protocol (Table 1, the original's ``test_matching.py``)
+and landmark regression (section 4.1, its ``IntermediateKeypointPredictor``), both described in the README.
 
 Run as ``python -m dve_kernels.train.evaluate RUN_DIR`` to evaluate a run's checkpoint again.
 """
@@ -24,6 +15,7 @@ from typing import Optional, Sequence
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from tqdm import tqdm
 
 from ..warps import TPSWarper
 from .checkpoint import CHECKPOINT_NAME, load_run
@@ -33,7 +25,7 @@ from .figures import draw_loss_curve, draw_matches
 from .models import embed, match_keypoints
 
 __all__ = ["matching_errors", "LandmarkRegressor", "fit_landmark_regressor", "landmark_error_iod",
-           "evaluate_run", "main", "EVAL_WARP"]
+           "evaluate_run", "print_summary", "main", "EVAL_WARP"]
 
 #: The original's evaluation warps (test_matching.py): half the training spreads, one warp at full strength.
 EVAL_WARP = dict(warpsd_all=0.001 * 0.5, warpsd_subset=0.01 * 0.5, transsd=0.1 * 0.5, scalesd=0.1 * 0.5,
@@ -42,7 +34,8 @@ EVAL_WARP = dict(warpsd_all=0.001 * 0.5, warpsd_subset=0.01 * 0.5, transsd=0.1 *
 
 def matching_errors(model: nn.Module, dataset, num_pairs: int, crop: int, device="cpu", seed: int = 0,
                     batch_pairs: int = 16, progress: bool = False):
-    """Mean same- and different-identity matching errors (pixels) over ``num_pairs`` test pairs.
+    """Mean same- and different-identity matching errors (pixels) over ``num_pairs`` test pairs ``(a, b)``: the
+    landmarks of ``x_a`` matched into ``x'_a`` (truth: the warped landmarks) and into ``x'_b`` (truth: ``b``'s own).
 
     Returns ``(same, different, details)``; ``different`` is ``None`` for unlabelled datasets, whose same-
     identity error is measured on a 5x5 lattice of points instead of landmarks.
@@ -55,12 +48,8 @@ def matching_errors(model: nn.Module, dataset, num_pairs: int, crop: int, device
         raise ValueError(f"matching needs at least 2 test images, got {len(dataset)}")
     labelled = getattr(dataset, "has_keypoints", True)
     same, diff = [], []
-    starts = range(0, num_pairs, batch_pairs)
-    if progress:
-        from tqdm import tqdm
-
-        starts = tqdm(starts, desc="matching", unit="batch", dynamic_ncols=True)
-    for start in starts:
+    for start in tqdm(range(0, num_pairs, batch_pairs), desc="matching", unit="batch", disable=not progress,
+                      dynamic_ncols=True):
         pairs = range(start, min(num_pairs, start + batch_pairs))
         images, keypoints = stack_items(dataset, [i for p in pairs for i in (2 * p, 2 * p + 1)])
         if not labelled:
@@ -72,65 +61,38 @@ def matching_errors(model: nn.Module, dataset, num_pairs: int, crop: int, device
         feats_x = embed(model, warped.x, device)
         feats_xp = embed(model, warped.x_prime, device)
         stride = warped.x.shape[-1] / feats_x.shape[-1]
-        for k in range(len(pairs)):
-            a, b = 2 * k, 2 * k + 1
-            source_kp = warped.keypoints_x[a]
-            found = match_keypoints(feats_x[a], feats_xp[a], source_kp, stride)
-            same.append((found - warped.keypoints_x_prime[a]).norm(dim=1))
-            if labelled:
-                found = match_keypoints(feats_x[a], feats_xp[b], source_kp, stride)
-                diff.append((found - warped.keypoints_x_prime[b]).norm(dim=1))
-    same = torch.cat(same)
-    same_error = float(same.mean())
+        for a in range(0, 2 * len(pairs), 2):  # same identity: into x'_a; different identity: into x'_(a + 1)
+            for errors, b in [(same, a), (diff, a + 1)][:1 + labelled]:
+                found = match_keypoints(feats_x[a], feats_xp[b], warped.keypoints_x[a], stride)
+                errors.append((found - warped.keypoints_x_prime[b]).norm(dim=1))
     diff_error = float(torch.cat(diff).mean()) if diff else None
-    return same_error, diff_error, {"pairs": num_pairs, "points_per_image": int(keypoints.shape[1])}
+    return float(torch.cat(same).mean()), diff_error, {"pairs": num_pairs, "points_per_image": keypoints.shape[1]}
 
 
 class LandmarkRegressor(nn.Module):
-    """The original's intermediate-keypoint regressor on frozen embeddings (section 4.1).
+    """The original's intermediate-keypoint regressor on frozen embeddings: per landmark, ``num_points`` learned
+    1x1xC filters, a spatial softmax of ``softargmax_mul`` times each correlation and a soft-argmax give
+    ``num_points`` ``(x, y)`` points, and a linear map of them (no bias) gives the landmark."""
 
-    For each annotated landmark, ``num_points`` (50) learned 1x1xC filters correlate with the embedding map; a
-    spatial softmax of ``softargmax_mul`` times the correlation and a soft-argmax give 50 ``(x, y)`` points, and a
-    linear map of those 100 numbers (no bias, one per landmark) predicts the landmark.
-    """
-
-    def __init__(self, embedding_dim: int, num_landmarks: int, num_points: int = 50, softargmax_mul: float = 50.0,
-                 normalize: bool = True):
+    def __init__(self, embedding_dim: int, num_landmarks: int, num_points: int = 50, softargmax_mul: float = 50.0):
         super().__init__()
-        self.num_landmarks, self.num_points = num_landmarks, num_points
-        self.softargmax_mul = softargmax_mul
-        self.normalize = normalize
+        self.num_landmarks, self.num_points, self.softargmax_mul = num_landmarks, num_points, softargmax_mul
         self.filters = nn.Parameter(torch.randn(embedding_dim, num_landmarks * num_points))
         bound = 1.0 / (2 * num_points) ** 0.5
         self.linear = nn.Parameter(torch.empty(num_landmarks, 2 * num_points, 2).uniform_(-bound, bound))
 
-    def points(self, feats: torch.Tensor) -> torch.Tensor:
-        """``(B, C, H, W)`` -> ``(B, K, P, 2)`` soft-argmax ``(x, y)`` in ``[-1, 1]`` (align-corners)."""
+    def forward(self, feats: torch.Tensor) -> torch.Tensor:
+        """``(B, C, H, W)`` -> ``(B, K, 2)`` landmarks, normalised ``[-1, 1]`` (align-corners) in the input image."""
         batch, channels, height, width = feats.shape
-        flat = feats.reshape(batch, channels, height * width)
-        filters = self.filters
-        if self.normalize:  # unit embeddings and filters: the softmax temperature means the same for every model
-            flat = F.normalize(flat, dim=1)
-            filters = F.normalize(filters, dim=0)
+        # unit embeddings and filters: the softmax temperature means the same for every model
+        flat = F.normalize(feats.reshape(batch, channels, height * width), dim=1)
+        filters = F.normalize(self.filters, dim=0)
         logits = torch.einsum("cq,bcn->bqn", filters, flat) * self.softargmax_mul
         prob = logits.softmax(dim=-1).view(batch, -1, height, width)
         xs = torch.linspace(-1, 1, width, device=feats.device, dtype=feats.dtype)
         ys = torch.linspace(-1, 1, height, device=feats.device, dtype=feats.dtype)
-        pts = torch.stack(((prob.sum(2) * xs).sum(-1), (prob.sum(3) * ys).sum(-1)), dim=-1)
-        return pts.view(batch, self.num_landmarks, self.num_points, 2)
-
-    def forward(self, feats: torch.Tensor) -> torch.Tensor:
-        """``(B, C, H, W)`` -> ``(B, K, 2)`` landmarks, normalised ``[-1, 1]`` in the input image."""
-        pts = self.points(feats).flatten(2)  # (B, K, 2P)
-        return torch.einsum("bkp,kpo->bko", pts, self.linear)
-
-
-def _to_unit(points: torch.Tensor, size: int) -> torch.Tensor:
-    return points / (size - 1) * 2 - 1
-
-
-def _from_unit(points: torch.Tensor, size: int) -> torch.Tensor:
-    return (points + 1) / 2 * (size - 1)
+        pts = torch.stack(((prob.sum(2) * xs).sum(-1), (prob.sum(3) * ys).sum(-1)), dim=-1)  # soft-argmax points
+        return torch.einsum("bkp,kpo->bko", pts.view(batch, self.num_landmarks, 2 * self.num_points), self.linear)
 
 
 def fit_landmark_regressor(feats: torch.Tensor, keypoints: torch.Tensor, size: int, steps: int = 1500,
@@ -140,17 +102,16 @@ def fit_landmark_regressor(feats: torch.Tensor, keypoints: torch.Tensor, size: i
     torch.manual_seed(seed)
     regressor = LandmarkRegressor(feats.shape[1], keypoints.shape[1])
     optimizer = torch.optim.Adam(regressor.parameters(), lr=lr)
-    target = _to_unit(keypoints, size)
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, [int(steps * 0.8) + 1], gamma=0.1)
+    target = keypoints / (size - 1) * 2 - 1
     generator = torch.Generator().manual_seed(seed)
-    for step in range(steps):
+    for _ in range(steps):
         idx = torch.randint(0, feats.shape[0], (min(batch_size, feats.shape[0]),), generator=generator)
         loss = F.mse_loss(regressor(feats[idx]), target[idx])
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        if step == int(steps * 0.8):
-            for group in optimizer.param_groups:
-                group["lr"] = lr * 0.1
+        scheduler.step()
     return regressor
 
 
@@ -159,21 +120,6 @@ def landmark_error_iod(predicted: torch.Tensor, truth: torch.Tensor, eye_indices
     iod = (truth[:, eye_indices[0]] - truth[:, eye_indices[1]]).norm(dim=-1)
     errors = (predicted - truth).norm(dim=-1).mean(dim=1) / iod
     return float(errors.mean() * 100)
-
-
-def landmark_regression(model: nn.Module, train_set, test_set, config: TrainConfig, device="cpu"):
-    """Fit on ``train_set`` (frozen embeddings of centre-cropped images), report on ``test_set``."""
-    model.eval()
-    train_images, train_kp = centre_cropped(train_set, config.regression_train, config.crop)
-    test_images, test_kp = centre_cropped(test_set, config.regression_test, config.crop)
-    size = train_images.shape[-1]
-    regressor = fit_landmark_regressor(embed(model, train_images, device), train_kp, size,
-                                       steps=config.regression_steps, seed=config.seed)
-    with torch.no_grad():
-        predicted = _from_unit(regressor(embed(model, test_images, device)), size)
-    eyes = getattr(test_set, "eye_indices", (0, 1))
-    return landmark_error_iod(predicted, test_kp, eyes), {"train_images": len(train_images),
-                                                          "test_images": len(test_images)}
 
 
 def evaluate_run(model: nn.Module, config: TrainConfig, out: Path, device="cpu", figures: bool = True,
@@ -190,24 +136,23 @@ def evaluate_run(model: nn.Module, config: TrainConfig, out: Path, device="cpu",
         fit_set = config_dataset(config, out, fit_split, min(config.train_count, max(config.regression_train, 1)))
     same, diff, match_info = matching_errors(model, test_set, config.eval_pairs, config.crop, device,
                                              seed=config.seed, progress=progress)
-    landmark, regression_info = (None, {})
-    if fit_set is not None:
-        landmark, regression_info = landmark_regression(model, fit_set, test_set, config, device)
-    metrics = {
-        "same_identity_error": same,
-        "different_identity_error": diff,
-        "landmark_error_iod": landmark,
-        "units": {"same_identity_error": "pixels", "different_identity_error": "pixels",
-                  "landmark_error_iod": "percent of inter-ocular distance"},
-        "matching": match_info,
-        "regression": regression_info,
-        "dataset": name,
-        "model": config.model,
-        "embedding_dim": config.embedding_dim,
-        "dve": config.dve,
-        "input_size": config.input_size,
-        "eval_seconds": round(time.time() - started, 1),
-    }
+    landmark, regression_info = None, {}
+    if fit_set is not None:  # the regressor on frozen embeddings of centre-cropped images
+        train_images, train_kp = centre_cropped(fit_set, config.regression_train, config.crop)
+        test_images, test_kp = centre_cropped(test_set, config.regression_test, config.crop)
+        size = train_images.shape[-1]
+        regressor = fit_landmark_regressor(embed(model, train_images, device), train_kp, size,
+                                           steps=config.regression_steps, seed=config.seed)
+        with torch.no_grad():
+            predicted = (regressor(embed(model, test_images, device)) + 1) / 2 * (size - 1)
+        landmark = landmark_error_iod(predicted, test_kp, getattr(test_set, "eye_indices", (0, 1)))
+        regression_info = {"train_images": len(train_images), "test_images": len(test_images)}
+    metrics = dict(same_identity_error=same, different_identity_error=diff, landmark_error_iod=landmark,
+                   units={"same_identity_error": "pixels", "different_identity_error": "pixels",
+                          "landmark_error_iod": "percent of inter-ocular distance"},
+                   matching=match_info, regression=regression_info, dataset=name, model=config.model,
+                   embedding_dim=config.embedding_dim, dve=config.dve, input_size=config.input_size,
+                   eval_seconds=round(time.time() - started, 1))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
@@ -218,6 +163,14 @@ def evaluate_run(model: nn.Module, config: TrainConfig, out: Path, device="cpu",
         if curve:
             paths["loss_figure"] = curve
     return {"metrics": metrics, "paths": paths}
+
+
+def print_summary(result: dict) -> None:
+    """The three errors of an :func:`evaluate_run` result as one JSON line, then the files it wrote."""
+    print(json.dumps({k: result["metrics"][k] for k in ("same_identity_error", "different_identity_error",
+                                                         "landmark_error_iod")}))
+    for key, path in result["paths"].items():
+        print(f"{key}: {path}")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -234,16 +187,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     run_dir = Path(args.run_dir)
     config, model, _ = load_run(args.checkpoint or run_dir)
-    if args.eval_pairs is not None:
-        config.eval_pairs = args.eval_pairs
-    if args.data_root is not None:
-        config.data_root = args.data_root
-    result = evaluate_run(model, config, Path(args.out or run_dir), device=args.device,
-                          figures=not args.no_figures)
-    m = result["metrics"]
-    print(json.dumps({k: m[k] for k in ("same_identity_error", "different_identity_error", "landmark_error_iod")}))
-    for key, path in result["paths"].items():
-        print(f"{key}: {path}")
+    for name in ("eval_pairs", "data_root"):  # the run's own unless given
+        if getattr(args, name) is not None:
+            setattr(config, name, getattr(args, name))
+    print_summary(evaluate_run(model, config, Path(args.out or run_dir), device=args.device,
+                               figures=not args.no_figures))
     return 0
 
 

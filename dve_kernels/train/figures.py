@@ -1,10 +1,8 @@
-"""Figures: nearest-neighbour matches in the style of the paper's figures 1 and 4, and the loss curve.
-
-This module draws; it imports no other training module than models and data (evaluate imports it).
-"""
+"""Figures: nearest-neighbour matches in the style of the paper's figures 1 and 4, and the loss curve."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import textwrap
 from pathlib import Path
@@ -13,6 +11,7 @@ from typing import Optional
 import numpy as np
 import torch
 
+from .checkpoint import load_run
 from .data import SPLITS, centre_cropped, config_dataset
 from .models import embed, match_keypoints
 
@@ -47,13 +46,6 @@ def reference_points(keypoints: torch.Tensor, size: int, crop: int, count: int =
     return torch.cat((keypoints, extra))
 
 
-def _test_images(config, out_dir, count: int, dataset=None):
-    if dataset is None:
-        split = SPLITS[config.dataset][2] or "train"
-        dataset = config_dataset(config, out_dir, split, max(count, 8))
-    return centre_cropped(dataset, count, config.crop)
-
-
 def _draw_rows(runs, images, keypoints, config, path, title: Optional[str] = None) -> str:
     """One row per ``(label, model)``: the reference image with its points, then the matches in the others."""
     plt = _pyplot()
@@ -75,10 +67,7 @@ def _draw_rows(runs, images, keypoints, config, path, title: Optional[str] = Non
                 truth = keypoints[i].numpy()
                 ax.scatter(truth[:, 0], truth[:, 1], s=90, facecolors="none", edgecolors=colours[:landmarks],
                            linewidths=1.6)
-            ax.set_xlim(-0.5, images.shape[-1] - 0.5)
-            ax.set_ylim(images.shape[-2] - 0.5, -0.5)
-            ax.set_xticks([])
-            ax.set_yticks([])
+            ax.set(xlim=(-0.5, images.shape[-1] - 0.5), ylim=(images.shape[-2] - 0.5, -0.5), xticks=[], yticks=[])
             if i == 0:
                 ax.set_ylabel(label, fontsize=8)
             if row == 0:
@@ -95,7 +84,7 @@ def _draw_rows(runs, images, keypoints, config, path, title: Optional[str] = Non
 
 def draw_matches(model, dataset, config, path, num_targets: int = 5) -> str:
     """The run's nearest-embedding matches from one test image into ``num_targets`` others (PNG); returns the path."""
-    images, keypoints = _test_images(config, Path(path).parent, num_targets + 1, dataset)
+    images, keypoints = centre_cropped(dataset, num_targets + 1, config.crop)
     dve = "with DVE" if config.dve else "without DVE"
     return _draw_rows([(f"{config.embedding_dim}-D {dve}", model)], images, keypoints, config, path,
                       f"{config.model} {config.embedding_dim}-D {dve}: nearest-embedding matches")
@@ -104,15 +93,16 @@ def draw_matches(model, dataset, config, path, num_targets: int = 5) -> str:
 def draw_comparison(runs, path, num_targets: int = 5) -> str:
     """Figure 4 style: one row per ``(label, model, config)`` run, the same test images (the first run's data)."""
     config = runs[0][2]
-    images, keypoints = _test_images(config, Path(path).parent / "compare-data", num_targets + 1)
+    dataset = config_dataset(config, Path(path).parent / "compare-data", SPLITS[config.dataset][2] or "train",
+                             max(num_targets + 1, 8))
+    images, keypoints = centre_cropped(dataset, num_targets + 1, config.crop)
     return _draw_rows([(label, model) for label, model, _ in runs], images, keypoints, config, path)
 
 
 def draw_loss_curve(log_path, path) -> Optional[str]:
     """Loss per step (and a running mean) from a ``metrics.jsonl`` log; ``None`` if there is no log."""
-    log_path = Path(log_path)
-    rows = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()] \
-        if log_path.is_file() else []
+    rows = [json.loads(line) for line in Path(log_path).read_text().splitlines() if line.strip()] \
+        if Path(log_path).is_file() else []
     if not rows:
         return None
     plt = _pyplot()
@@ -123,8 +113,7 @@ def draw_loss_curve(log_path, path) -> Optional[str]:
     fig, ax = plt.subplots(figsize=(6, 3.5))
     ax.plot(steps, loss, alpha=0.35, label="loss of each step")
     ax.plot(steps[window - 1:], smooth, label=f"running mean ({window} steps)")
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel("training loss (mean pixel distance^pow)")
+    ax.set(xlabel="optimizer step", ylabel="training loss (mean pixel distance^pow)")
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
@@ -135,19 +124,13 @@ def draw_loss_curve(log_path, path) -> Optional[str]:
 
 def main(argv=None) -> int:
     """``python -m dve_kernels.train.figures RUN_DIR [RUN_DIR ...] --out compare.png``: matches of several runs."""
-    import argparse
-
-    from .checkpoint import load_run
-
     parser = argparse.ArgumentParser(prog="python -m dve_kernels.train.figures", description=main.__doc__)
     parser.add_argument("runs", nargs="+")
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
-    runs = []
-    for run in args.runs:
-        config, model, _ = load_run(run)
-        runs.append((f"{config.embedding_dim}-D {'with' if config.dve else 'without'} DVE", model, config))
-    print(draw_comparison(runs, args.out))
+    runs = [load_run(run)[:2] for run in args.runs]
+    print(draw_comparison([(f"{c.embedding_dim}-D {'with' if c.dve else 'without'} DVE", m, c) for c, m in runs],
+                          args.out))
     return 0
 
 

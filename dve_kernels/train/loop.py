@@ -1,13 +1,8 @@
 """The training loop: DVE on random TPS pairs, Adam, step schedule, AMP on GPU, DDP, exact resume.
 
-Determinism and resume: the model is initialised from ``seed``; each epoch's image order comes from a generator
-seeded with ``(seed, epoch)``; each step's warps and colour jitter from one seeded with ``(seed, step, rank)``.
-Nothing else is random, so a checkpoint (model, optimizer, scheduler, AMP scaler, epoch, batch index, step) lets
-a killed run continue to exactly the result of an uninterrupted one. Checkpoints are written at the start, every
-``checkpoint_every`` steps, whenever ``checkpoint_minutes`` have passed, at every epoch's end and at the end.
-
-A run directory holds one run: a fresh run refuses a directory that already holds one, and ``--resume`` refuses
-settings that would change the experiment (see ``config.RESUMABLE_FIELDS``).
+Every random draw is seeded: the model by ``seed``, each epoch's image order by ``(seed, epoch)``, each step's
+warps and jitter by ``(seed, step, rank)``; so a checkpoint (model, optimizer, scheduler, AMP scaler, epoch, batch
+index, step) continues a killed run to exactly the result of an uninterrupted one. Run directories: README.
 """
 
 from __future__ import annotations
@@ -19,22 +14,24 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn as nn
+from tqdm import tqdm
 
 from .. import DVELoss
 from ..warps import TPSWarper
-from .checkpoint import CHECKPOINT_NAME, FORMAT, load_checkpoint, remove_stale_temporaries, save_checkpoint
-from .config import RESUMABLE_FIELDS, TrainConfig
-from .data import SPLITS, config_dataset
-from .evaluate import evaluate_run
+from .checkpoint import (CHECKPOINT_NAME, FORMAT, CheckpointError, load_checkpoint, remove_stale_temporaries,
+                         save_checkpoint)
+from .config import RESUMABLE_FIELDS, TrainConfig, build_parser, config_from_args
+from .data import SPLITS, DatasetError, config_dataset
+from .evaluate import evaluate_run, print_summary
 from .models import build_model, normalize_images
 
-__all__ = ["train", "Trainer", "RunDirError", "check_run_dir", "changed_settings", "color_jitter", "METRICS_LOG"]
+__all__ = ["main", "train", "Trainer", "RunDirError", "check_run_dir", "color_jitter", "METRICS_LOG"]
 
 METRICS_LOG = "metrics.jsonl"
 _RUN_FILES = (CHECKPOINT_NAME, METRICS_LOG, "metrics.json")
@@ -72,27 +69,22 @@ def check_run_dir(config: TrainConfig, out, resume: bool) -> None:
             raise RunDirError(f"--data-root {root} is not a folder (dataset {config.dataset!r})")
 
 
-def changed_settings(saved: dict, config: TrainConfig) -> dict:
-    """``{field: (saved, now)}`` of the settings that alter the experiment and differ from a checkpoint's."""
-    now = config.to_dict()
-    return {key: (saved.get(key), now[key]) for key in sorted(now)
-            if key not in RESUMABLE_FIELDS and saved.get(key) != now[key]}
-
-
 def color_jitter(images: torch.Tensor, strength: float, generator: torch.Generator) -> torch.Tensor:
     """Per-image brightness, contrast and saturation factors in ``[1 - strength, 1 + strength]``."""
     if strength <= 0:
         return images
     batch = images.shape[0]
     factors = (1.0 + (torch.rand(batch, 3, generator=generator, dtype=torch.float64) * 2 - 1) * strength)
-    factors = factors.to(device=images.device, dtype=images.dtype)
-    brightness, contrast, saturation = (factors[:, i].view(batch, 1, 1, 1) for i in range(3))
+    brightness, contrast, saturation = factors.to(images).view(batch, 3, 1, 1, 1).unbind(1)
+
+    def grey(x):
+        return 0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]
+
     out = images * brightness
-    grey = (0.299 * out[:, 0:1] + 0.587 * out[:, 1:2] + 0.114 * out[:, 2:3])
-    out = (out - grey.mean((2, 3), keepdim=True)) * contrast + grey.mean((2, 3), keepdim=True)
-    grey = (0.299 * out[:, 0:1] + 0.587 * out[:, 1:2] + 0.114 * out[:, 2:3])
-    out = (out - grey) * saturation + grey
-    return out.clamp(0.0, 1.0)
+    mean = grey(out).mean((2, 3), keepdim=True)
+    out = (out - mean) * contrast + mean
+    luma = grey(out)
+    return ((out - luma) * saturation + luma).clamp(0.0, 1.0)
 
 
 def _step_generator(seed: int, *keys: int) -> torch.Generator:
@@ -129,11 +121,12 @@ class Trainer:
         if resume is not None:  # read and check the checkpoint before any work
             path = self.out / CHECKPOINT_NAME if resume == "auto" else Path(resume)
             ckpt = load_checkpoint(path)
-            changed = changed_settings(ckpt["config"], config)
+            saved, now = ckpt["config"], config.to_dict()
+            changed = [f"{k} ({saved.get(k)!r} -> {now[k]!r})" for k in sorted(now)
+                       if k not in RESUMABLE_FIELDS and saved.get(k) != now[k]]
             if changed:
-                listed = ", ".join(f"{k} ({a!r} -> {b!r})" for k, a, b in ((k, *v) for k, v in changed.items()))
-                raise RunDirError(f"--resume from {path} would change {listed}: these alter the experiment; start "
-                                  f"a new run in another --out instead")
+                raise RunDirError(f"--resume from {path} would change {', '.join(changed)}: these alter the "
+                                  f"experiment; start a new run in another --out instead")
             if ckpt.get("world_size", 1) != self.world:
                 raise RunDirError(f"{path} was written by {ckpt.get('world_size')} processes; resuming with "
                                   f"{self.world} would change the data order")
@@ -171,12 +164,6 @@ class Trainer:
         if ckpt is not None:
             self._load(ckpt)
 
-    def state(self) -> dict:
-        return {"format": FORMAT, "config": self.config.to_dict(), "model": self.model.state_dict(),
-                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                "scaler": self.scaler.state_dict(), "epoch": self.epoch, "batch_index": self.batch_index,
-                "global_step": self.global_step, "world_size": self.world}
-
     def _load(self, ckpt: dict) -> None:
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
@@ -185,24 +172,26 @@ class Trainer:
             self.scaler.load_state_dict(ckpt["scaler"])
         self.epoch, self.batch_index, self.global_step = ckpt["epoch"], ckpt["batch_index"], ckpt["global_step"]
         log = self.out / METRICS_LOG
-        if self.rank == 0 and log.is_file():  # drop log lines of steps that will be re-run
-            kept = [line for line in log.read_text().splitlines()
-                    if line.strip() and json.loads(line).get("step", 0) <= self.global_step]
-            log.write_text("".join(line + "\n" for line in kept))
         if self.rank == 0:
+            if log.is_file():  # drop log lines of steps that will be re-run
+                log.write_text("".join(line + "\n" for line in log.read_text().splitlines()
+                                       if line.strip() and json.loads(line).get("step", 0) <= self.global_step))
             print(f"resumed {self.out}: epoch {self.epoch}, step {self.global_step}", file=sys.stderr, flush=True)
 
     def _checkpoint(self) -> None:
-        if self.rank == 0:
-            save_checkpoint(self.out / CHECKPOINT_NAME, self.state())
+        if self.rank == 0:  # tensors and plain containers only (loaded with weights_only=True); no RNG state needed
+            save_checkpoint(self.out / CHECKPOINT_NAME, {
+                "format": FORMAT, "config": self.config.to_dict(), "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict(), "epoch": self.epoch, "batch_index": self.batch_index,
+                "global_step": self.global_step, "world_size": self.world})
         self._last_checkpoint = time.monotonic()
         _barrier(self.world)
 
     def _checkpoint_due(self) -> bool:
-        config = self.config
-        by_step = config.checkpoint_every and self.global_step % config.checkpoint_every == 0
-        elapsed = time.monotonic() - self._last_checkpoint
-        by_time = config.checkpoint_minutes and elapsed >= 60 * config.checkpoint_minutes
+        every, minutes = self.config.checkpoint_every, self.config.checkpoint_minutes
+        by_step = every and self.global_step % every == 0
+        by_time = minutes and time.monotonic() - self._last_checkpoint >= 60 * minutes
         due = torch.tensor(int(bool(by_step or by_time)), device=self.device)
         if self.world > 1:  # every process must agree, or the barrier hangs
             dist.broadcast(due, 0)
@@ -210,11 +199,9 @@ class Trainer:
 
     def _epoch_batches(self, epoch: int):
         order = torch.randperm(len(self.dataset), generator=_step_generator(self.config.seed, 1, epoch))
-        per_rank = self.config.batch_size // self.world
-        batches = []
-        for b in range(self.batch_index, self.steps_per_epoch):
-            chunk = order[b * self.config.batch_size:(b + 1) * self.config.batch_size]
-            batches.append(chunk[self.rank * per_rank:(self.rank + 1) * per_rank].tolist())
+        size, per_rank = self.config.batch_size, self.config.batch_size // self.world  # this rank's share
+        batches = [order[b * size + self.rank * per_rank:b * size + (self.rank + 1) * per_rank].tolist()
+                   for b in range(self.batch_index, self.steps_per_epoch)]
         return torch.utils.data.DataLoader(self.dataset, batch_sampler=batches, num_workers=self.config.workers,
                                            pin_memory=self.device.type == "cuda")
 
@@ -231,14 +218,9 @@ class Trainer:
 
     def run(self) -> dict:
         config = self.config
-        total = config.epochs * self.steps_per_epoch
-        total = min(total, config.max_steps) if config.max_steps is not None else total
-        progress = None
-        if self.progress:
-            from tqdm import tqdm
-
-            progress = tqdm(total=total, initial=self.global_step, desc="train", unit="step", dynamic_ncols=True,
-                            file=sys.stderr)
+        total = min(config.epochs * self.steps_per_epoch, config.max_steps or math.inf)
+        progress = tqdm(total=total, initial=self.global_step, desc="train", unit="step", dynamic_ncols=True,
+                        file=sys.stderr, disable=not self.progress)
         started = time.time()
         self._checkpoint()  # from the start: a kill at any step leaves something to resume
         self.model.train()
@@ -263,9 +245,8 @@ class Trainer:
                         handle.write(json.dumps({"step": self.global_step, "epoch": self.epoch, "loss": value,
                                                  "lr": self.optimizer.param_groups[0]["lr"],
                                                  "time_s": round(time.time() - started, 3)}) + "\n")
-                if progress is not None:
-                    progress.update(1)
-                    progress.set_postfix(epoch=self.epoch, loss=f"{value:.4f}")
+                progress.update(1)
+                progress.set_postfix(epoch=self.epoch, loss=f"{value:.4f}")
                 if self.global_step >= total:
                     break
                 if self._checkpoint_due():
@@ -275,8 +256,7 @@ class Trainer:
                 self.batch_index = 0
                 self.scheduler.step()
             self._checkpoint()
-        if progress is not None:
-            progress.close()
+        progress.close()
         return {"global_step": self.global_step, "epoch": self.epoch, "seconds": time.time() - started}
 
 
@@ -293,3 +273,24 @@ def train(config: TrainConfig, out, resume: Optional[str] = None, evaluate: bool
     if trainer.world > 1:
         dist.destroy_process_group()
     return summary
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """``python -m dve_kernels.train`` (``dve-train``): train, evaluate and draw (see ``--help``)."""
+    args = build_parser().parse_args(argv)
+    out = Path(args.out or f"runs/{args.preset or 'demo'}")
+    try:
+        base = None
+        if args.resume is not None:  # the run's own settings, then the flags given now (checked by the trainer)
+            path = out / CHECKPOINT_NAME if args.resume == "auto" else Path(args.resume)
+            if args.resume == "auto" and not path.exists():
+                raise CheckpointError(f"nothing to resume in {out}: it has no {CHECKPOINT_NAME}")
+            base = load_checkpoint(path)["config"]
+        summary = train(config_from_args(args, base=base), out, resume=args.resume, evaluate=not args.no_eval)
+    except (ValueError, CheckpointError, DatasetError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    if "metrics" in summary:
+        print_summary(summary)
+    print(f"checkpoint: {summary['checkpoint']}")
+    return 0

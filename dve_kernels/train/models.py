@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-__all__ = ["SmallNet", "Hourglass", "build_model", "MODELS", "normalize_images", "embed", "match_keypoints"]
+__all__ = ["SmallNet", "Hourglass", "build_model", "normalize_images", "embed", "match_keypoints"]
 
 #: The original repository's image normalisation (CelebA statistics).
 IMAGE_MEAN = (0.5084, 0.4224, 0.3769)
@@ -16,21 +16,14 @@ IMAGE_STD = (0.2599, 0.2371, 0.2323)
 
 
 def _conv_bn_act(in_channels: int, out_channels: int, kernel_size: int, padding: int, dilation: int = 1):
-    return nn.Sequential(
-        nn.Conv2d(in_channels, out_channels, kernel_size, padding=padding, dilation=dilation),
-        nn.BatchNorm2d(out_channels),
-        nn.LeakyReLU(0.2),
-    )
+    return nn.Sequential(nn.Conv2d(in_channels, out_channels, kernel_size, padding=padding, dilation=dilation),
+                         nn.BatchNorm2d(out_channels), nn.LeakyReLU(0.2))
 
 
 class SmallNet(nn.Module):
-    """The network of Thewlis et al. (2017), DVE appendix D.
-
-    Convolutions with 20, 48, 64, 80, 256 and then ``C`` filters, dilated as in the original code (1, 1, 2, 4, 2,
-    1: the three layers after the 5x5 conv2 are dilated by 2, 4 and 2); every convolution but the last is
-    followed by batch norm and a leaky ReLU (slope 0.2, as in the original); a 2x2 max pool after the first.
-    Padding keeps every size, so the output is ``H / 2 x W / 2``.
-    """
+    """The network of Thewlis et al. (2017), DVE appendix D: convolutions with 20, 48, 64, 80, 256 and then ``C``
+    filters (times ``width``), dilated 1, 1, 2, 4, 2, 1 as in the original code; every one but the last followed by
+    batch norm and a leaky ReLU (slope 0.2); a 2x2 max pool after the first. The output is ``H / 2 x W / 2``."""
 
     stride = 2
 
@@ -60,8 +53,7 @@ class SmallNet(nn.Module):
 
 
 def _bn(channels: int) -> nn.BatchNorm2d:
-    # The original's hourglass uses a high batch-norm momentum.
-    return nn.BatchNorm2d(channels, momentum=0.3)
+    return nn.BatchNorm2d(channels, momentum=0.3)  # the original's hourglass: a high batch-norm momentum
 
 
 class _PreactBottleneck(nn.Module):
@@ -104,18 +96,13 @@ class _HourglassLevel(nn.Module):
         self.upsample = nn.Upsample(scale_factor=2, mode="nearest")
 
     def forward(self, x):
-        skip = self.skip(x)
-        y = self.up_res(self.inner(self.down(self.pool(x))))
-        return skip + self.upsample(y)
+        return self.skip(x) + self.upsample(self.up_res(self.inner(self.down(self.pool(x)))))
 
 
 class Hourglass(nn.Module):
-    """A single-stack hourglass (Newell et al. 2016) with pre-activation residuals, DVE appendix D.
-
-    A 7x7 stride-2 stem, three residual modules, one hourglass of ``depth`` pooling levels, then a residual head
-    and a 1x1 convolution to ``C`` channels. Output ``H / 2 x W / 2``; ``H / 2`` must be divisible by ``2^depth``
-    (96x96 inputs give 48x48 maps).
-    """
+    """A single-stack hourglass (Newell et al. 2016) with pre-activation residuals, DVE appendix D: a 7x7 stride-2
+    stem, three residual modules, one hourglass of ``depth`` pooling levels, a residual head and a 1x1 convolution
+    to ``C`` channels. Output ``H / 2 x W / 2``; ``H / 2`` must be divisible by ``2^depth``."""
 
     stride = 2
 
@@ -151,17 +138,14 @@ class Hourglass(nn.Module):
         return self.head(self.hourglass(self.stem(x)))
 
 
-MODELS = {"smallnet": SmallNet, "hourglass": Hourglass}
-
-
 def build_model(config) -> nn.Module:
     """The network of a :class:`~dve_kernels.train.config.TrainConfig` (``model``, ``embedding_dim``,
-    ``model_width`` for SmallNet)."""
-    if config.model not in MODELS:
-        raise ValueError(f"model must be one of {sorted(MODELS)}, got {config.model!r}")
+    ``model_width`` for SmallNet): the one place that builds one."""
     if config.model == "smallnet":
         return SmallNet(config.embedding_dim, width=config.model_width)
-    return Hourglass(config.embedding_dim)
+    if config.model == "hourglass":
+        return Hourglass(config.embedding_dim)
+    raise ValueError(f"model must be one of ['hourglass', 'smallnet'], got {config.model!r}")
 
 
 def normalize_images(images: torch.Tensor) -> torch.Tensor:
@@ -182,16 +166,10 @@ def embed(model: nn.Module, images: torch.Tensor, device="cpu", batch_size: int 
 
 
 def match_keypoints(source: torch.Tensor, target: torch.Tensor, keypoints: torch.Tensor, stride: float):
-    """Nearest-embedding matches of source keypoints in a target embedding map.
-
-    Args:
-        source, target: ``(C, H, W)`` embeddings of the source and target images.
-        keypoints: ``(K, 2)`` pixel ``(x, y)`` in the source image (input pixels).
-        stride: input pixels per embedding pixel.
-    Returns:
-        ``(K, 2)`` pixel ``(x, y)`` in the target image: the target pixel whose embedding has the largest inner
-        product with the source embedding at the rounded keypoint, at ``(j·stride, i·stride)``.
-    """
+    """Nearest-embedding matches: ``source``, ``target`` ``(C, H, W)`` embeddings, ``keypoints`` ``(K, 2)`` pixel
+    ``(x, y)`` in the source image, ``stride`` input pixels per embedding pixel. Returns ``(K, 2)`` pixel ``(x, y)``
+    in the target: the pixel ``(j·stride, i·stride)`` whose embedding has the largest inner product with the
+    source embedding at the rounded keypoint."""
     channels, height, width = source.shape
     cols = torch.clamp(torch.round(keypoints[:, 0] / stride).long(), 0, width - 1)
     rows = torch.clamp(torch.round(keypoints[:, 1] / stride).long(), 0, height - 1)

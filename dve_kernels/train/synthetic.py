@@ -1,21 +1,9 @@
-"""Procedurally drawn synthetic faces with exactly known landmarks (no download needed).
+"""Procedurally drawn synthetic faces with exactly known landmarks (no download needed; README, "Reference training").
 
-Every image is a different identity: face outline and jaw, proportions (eye spacing, nose length, mouth
-width and height), skin / hair / eye / lip colours, hair style, eyebrows, optional glasses, beard and freckles,
-and a textured background (gradient, blobs, stripes or low-frequency noise). Each face is also posed: rotated
-(±12°), scaled and shifted, so landmark positions vary across images.
-
-The five landmarks follow CelebA's order: left eye, right eye, nose tip, left mouth corner, right mouth corner
-("left" = smaller x in the image). They are exact: every shape is a polygon whose vertices are computed in the
-face's own frame and mapped by the same similarity transform as the landmarks, then drawn supersampled and box-
-filtered down. Coordinates are pixel ``(x, y)`` with pixel centres at integers.
-
-With ``marks > 0`` every face also carries that many small marks of random colour, size and place on its skin and
-hair (drawn in the face's frame, so they move with it): an identity-specific texture that makes matching within
-one identity easy and useless across identities, the situation in which the paper's 64-D embeddings without DVE
-fail (Table 1). They come from their own random stream: the face itself is the same with or without them.
-
-Everything is a deterministic function of ``(seed, index)`` (and ``marks``).
+The five landmarks are CelebA's (left eye, right eye, nose tip, left and right mouth corner; "left" = smaller x),
+exact: every shape is a polygon computed in the face's frame and mapped by the landmarks' similarity transform,
+drawn supersampled and box-filtered down; pixel ``(x, y)``, pixel centres at integers. ``marks`` come from their
+own random stream (the face is otherwise the same). Everything is a deterministic function of ``(seed, index)``.
 """
 
 from __future__ import annotations
@@ -25,9 +13,7 @@ import math
 import numpy as np
 from PIL import Image, ImageDraw
 
-__all__ = ["render_face", "render_faces", "LANDMARK_NAMES"]
-
-LANDMARK_NAMES = ("left_eye", "right_eye", "nose", "left_mouth", "right_mouth")
+__all__ = ["render_face", "render_faces"]
 
 _SUPERSAMPLE = 4
 
@@ -116,8 +102,7 @@ def render_face(seed: int, index: int, size: int = 100, marks: int = 0):
     skin = _colour(rng, _SKIN)
     hair = _colour(rng, _HAIR)
     iris = _colour(rng, _IRIS, 12.0)
-    lips = _shade(tuple(int(v) for v in np.clip(np.array(skin) * [0.85, 0.55, 0.55] + rng.normal(0, 10, 3), 0, 255)),
-                  1.0)
+    lips = tuple(int(v) for v in np.clip(np.array(skin) * [0.85, 0.55, 0.55] + rng.normal(0, 10, 3), 0, 255))
 
     height = rng.uniform(1.2, 1.45)   # face half-height / half-width
     taper = rng.uniform(0.0, 0.35)    # jaw narrowing
@@ -177,7 +162,7 @@ def render_face(seed: int, index: int, size: int = 100, marks: int = 0):
     brow_colour = _shade(hair, 0.8)
     for side in (-1, 1):
         xs = side * (eye_dx + np.linspace(-0.17, 0.19, 8))
-        ys = eye_y - brow_dy - 0.04 * np.sin(np.linspace(0, math.pi, 8)) + side * 0 * xs
+        ys = eye_y - brow_dy - 0.04 * np.sin(np.linspace(0, math.pi, 8))
         line(np.stack((xs, ys), 1), brow_colour, brow_w / 2)
     # Eyes: white, iris, pupil, centred on the landmark.
     eye_rx = rng.uniform(0.13, 0.19)
@@ -211,8 +196,7 @@ def render_face(seed: int, index: int, size: int = 100, marks: int = 0):
         chin = np.stack((np.cos(t) * (1 - taper * np.sin(t) ** 2), height * np.sin(t)), 1)
         # chin runs from x = 1 to x = -1 along the jaw; close the outline back along the upper lip line.
         upper = np.stack((np.linspace(-0.95, 0.95, 16), np.full(16, mouth_y - 0.12)), 1)
-        beard = np.concatenate((chin, upper))
-        poly(beard, fill=_shade(hair, 0.9))
+        poly(np.concatenate((chin, upper)), fill=_shade(hair, 0.9))
     # Mouth: upper and lower lip curves between the two corners.
     lip_up = rng.uniform(0.04, 0.09)
     lip_down = rng.uniform(0.06, 0.13)

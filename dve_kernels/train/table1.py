@@ -1,11 +1,7 @@
 """The paper's Table 1 on the built-in data: SmallNet at C = 3 without DVE and C = 16, 64 with and without DVE.
 
-    python -m dve_kernels.train.table1 [--steps 300] [--seeds 0 1 2] [--out bench/results/training] [--set k=v ...]
-
-Every run trains the ``demo`` preset (overridden by ``--steps`` etc.) in ``<runs>/C<c>-dve<0|1>-seed<s>`` and is
-evaluated with the paper's matching protocol; finished runs (with a ``metrics.json``) are kept, so an interrupted
-table continues where it stopped. Writes ``table1.csv`` (one row per run), ``table1.md`` (mean ± std, the command
-and the machine) and ``table1.png`` to ``--out``, and ``table1_matches.png`` (64-D without and with DVE).
+Every run trains a preset (``demo``) in ``<runs>/C<c>-dve<0|1>-seed<s>``; finished runs are kept, so an interrupted
+table continues where it stopped. Writes ``table1.csv``, ``table1.md``, ``table1.png`` and ``table1_matches.png``.
 """
 
 from __future__ import annotations
@@ -16,12 +12,12 @@ import json
 import os
 import platform
 import shlex
+import statistics
 import sys
 import time
 from pathlib import Path
 from typing import Optional, Sequence
 
-import numpy as np
 import torch
 
 from .checkpoint import CHECKPOINT_NAME, load_run
@@ -30,16 +26,12 @@ from .figures import _pyplot, draw_comparison
 from .evaluate import evaluate_run
 from .loop import Trainer
 
-__all__ = ["CONFIGURATIONS", "COLUMNS", "run_table", "summarise", "main"]
+__all__ = ["CONFIGURATIONS", "COLUMNS", "run_table", "summarise", "cpu_name", "main"]
 
 #: (embedding_dim, dve) of the paper's Table 1 rows.
 CONFIGURATIONS = ((3, False), (16, False), (16, True), (64, False), (64, True))
 COLUMNS = ("embedding_dim", "dve", "seed", "same_identity_error", "different_identity_error", "landmark_error_iod")
 METRICS = COLUMNS[3:]
-
-
-def _run_config(base: dict, dim: int, dve: bool, seed: int) -> TrainConfig:
-    return TrainConfig.from_dict(dict(base, embedding_dim=dim, dve=dve, seed=seed))
 
 
 def run_table(base: dict, seeds: Sequence[int], runs: Path, out: Path, progress: bool = False) -> list:
@@ -51,7 +43,7 @@ def run_table(base: dict, seeds: Sequence[int], runs: Path, out: Path, progress:
             run_dir = runs / f"C{dim}-dve{int(dve)}-seed{seed}"
             if not (run_dir / "metrics.json").is_file():
                 started = time.time()
-                config = _run_config(base, dim, dve, seed)
+                config = TrainConfig.from_dict(dict(base, embedding_dim=dim, dve=dve, seed=seed))
                 resume = "auto" if (run_dir / CHECKPOINT_NAME).is_file() else None  # an interrupted table
                 trainer = Trainer(config, run_dir, resume=resume, progress=progress)
                 trainer.run()
@@ -72,13 +64,14 @@ def summarise(rows: list) -> dict:
     for dim, dve in CONFIGURATIONS:
         chosen = [r for r in rows if r["embedding_dim"] == dim and r["dve"] == int(dve)]
         if chosen:
-            table[dim, dve] = {m: (float(np.mean([r[m] for r in chosen])),
-                                   float(np.std([r[m] for r in chosen], ddof=1)) if len(chosen) > 1 else 0.0,
-                                   len(chosen)) for m in METRICS}
+            columns = {m: [r[m] for r in chosen] for m in METRICS}
+            table[dim, dve] = {m: (statistics.mean(v), statistics.stdev(v) if len(v) > 1 else 0.0, len(v))
+                               for m, v in columns.items()}
     return table
 
 
-def _cpu_name() -> str:
+def cpu_name() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), else what :mod:`platform` knows."""
     try:
         lines = Path("/proc/cpuinfo").read_text().splitlines()
         return next(line.split(":", 1)[1].strip() for line in lines if line.startswith("model name"))
@@ -88,7 +81,7 @@ def _cpu_name() -> str:
 
 def _markdown(table: dict, command: str, base: dict, seconds: float) -> str:
     lines = ["# Table 1 on the built-in synthetic faces", "",
-             f"Command: `{command}`  ", f"Machine: {_cpu_name()}, "
+             f"Command: `{command}`  ", f"Machine: {cpu_name()}, "
              f"{os.cpu_count()} cores, torch {torch.__version__}, 1 thread; wall time {seconds / 60:.1f} min.  ",
              "Settings: " + ", ".join(f"{k}={v}" for k, v in sorted(base.items())
                                      if k not in ("embedding_dim", "dve", "seed")), "",
@@ -110,16 +103,14 @@ def _figure(rows: list, table: dict, path: Path) -> None:
     plt = _pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.8))
     labels = [f"{dim}-D\n{'DVE' if dve else 'no DVE'}" for dim, dve in table]
+    colours = ["tab:orange" if dve else "tab:blue" for _, dve in table]
     for ax, metric, unit in zip(axes, METRICS, ("pixels", "pixels", "% inter-ocular distance")):
-        means = [stats[metric][0] for stats in table.values()]
-        stds = [stats[metric][1] for stats in table.values()]
-        colours = ["tab:orange" if dve else "tab:blue" for _, dve in table]
-        ax.bar(range(len(means)), means, yerr=stds, color=colours, alpha=0.6, capsize=4)
+        ax.bar(range(len(labels)), [stats[metric][0] for stats in table.values()], color=colours, alpha=0.6,
+               capsize=4, yerr=[stats[metric][1] for stats in table.values()])
         for i, (dim, dve) in enumerate(table):
             values = [r[metric] for r in rows if r["embedding_dim"] == dim and r["dve"] == int(dve)]
             ax.scatter([i] * len(values), values, color="black", s=12, zorder=3)
-        ax.set_xticks(range(len(means)))
-        ax.set_xticklabels(labels, fontsize=8)
+        ax.set_xticks(range(len(labels)), labels, fontsize=8)
         ax.set_title(metric.replace("_", " "), fontsize=9)
         ax.set_ylabel(unit)
         ax.grid(axis="y", alpha=0.3)
