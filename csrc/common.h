@@ -491,6 +491,24 @@ inline A lane_total(const A* lanes) {
   return result;
 }
 
+// The backward's statistics pre-pass over one tile row (both ops): sum += sum_k p_k and
+// excess += sum_k p_k (value(k) - centre), with p_k = exp((logit_k - hi) - lo) for the k < nv columns
+// of the tile (hi + lo: the forward's lse, split). value(k) is the row's own quantity (the warp loss's
+// distance, the exchange's <dO, aux> logit); the subtraction happens in its type, as the callers had it.
+template <class A, class L, class Value>
+inline void add_mass_and_excess(const L* row, L hi, L lo, int nv, A centre, Value value, A& sum, A& excess) {
+  A sum_lanes[kLanes] = {}, excess_lanes[kLanes] = {};
+  for (int k0 = 0; k0 < kTileCols; k0 += kLanes)
+    for (int l = 0; l < kLanes; ++l) {
+      const int k = k0 + l;
+      const A p = k < nv ? fast_exp(static_cast<A>((row[k] - hi) - lo)) : A(0);
+      sum_lanes[l] += p;
+      excess_lanes[l] += p * static_cast<A>(value(k) - centre);
+    }
+  sum += lane_total(sum_lanes);
+  excess += lane_total(excess_lanes);
+}
+
 // Threads for a parallel region: the caller's request, or OpenMP's default.
 inline int resolve_threads(int requested) {
 #ifdef _OPENMP

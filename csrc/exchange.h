@@ -168,18 +168,8 @@ void exchange_backward(const S* grad_out, const S* query, const S* aux, const S*
         for (int r = 0; r < nu; ++r) {
           const L* l_row = logits.data() + r * kTileCols;
           const L* d_row = dp.data() + r * kTileCols;
-          const L hi = lse_hi[r], lo = lse_lo[r];
-          const A row_delta = delta[r];
-          A sum_lanes[kLanes] = {}, excess_lanes[kLanes] = {};
-          for (int k0 = 0; k0 < kTileCols; k0 += kLanes)
-            for (int l = 0; l < kLanes; ++l) {
-              const int k = k0 + l;
-              const A p = k < nv ? fast_exp(static_cast<A>((l_row[k] - hi) - lo)) : A(0);
-              sum_lanes[l] += p;
-              excess_lanes[l] += p * static_cast<A>(d_row[k] - row_delta);
-            }
-          row_sum[r] += lane_total(sum_lanes);
-          row_excess[r] += lane_total(excess_lanes);
+          add_mass_and_excess<A, L>(l_row, lse_hi[r], lse_lo[r], nv, delta[r], [&](int k) { return d_row[k]; },
+                              row_sum[r], row_excess[r]);
         }
       }
       for (int r = 0; r < nu; ++r) {

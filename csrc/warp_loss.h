@@ -177,18 +177,8 @@ void warp_loss_backward_impl(const compute_t<S>* grad_rows, const S* src, const 
         for (int r = 0; r < nu; ++r) {
           const L* row = logits.data() + r * kTileCols;
           distance_row<mode>(src_xy[2 * (row0 + r)], src_xy[2 * (row0 + r) + 1], tx, ty, half_pow, dist);
-          const L hi = lse_hi[r], lo = lse_lo[r];
-          const A value = row_value[r];
-          A sum_lanes[kLanes] = {}, excess_lanes[kLanes] = {};
-          for (int k0 = 0; k0 < kTileCols; k0 += kLanes)
-            for (int l = 0; l < kLanes; ++l) {
-              const int k = k0 + l;
-              const A p = k < nv ? fast_exp(static_cast<A>((row[k] - hi) - lo)) : A(0);
-              sum_lanes[l] += p;
-              excess_lanes[l] += p * (dist[k] - value);
-            }
-          row_sum[r] += lane_total(sum_lanes);
-          row_excess[r] += lane_total(excess_lanes);
+          add_mass_and_excess<A, L>(row, lse_hi[r], lse_lo[r], nv, row_value[r], [&](int k) { return dist[k]; },
+                              row_sum[r], row_excess[r]);
         }
       }
       for (int r = 0; r < nu; ++r) {

@@ -19,8 +19,9 @@ from .conventions import compute_dtype, coordinate_dtype, gather_auxiliary, prep
 
 def _loss(feats, grid, pow, normalize_vectors, dve, num_aux, backend, grid_name="meta['grid']"):
     """The loss of the original's ``(feats, grid)``: validated, unpacked, (exchanged,) matched. The fused backends
-    compute float32 features in float64 (:func:`~dve_kernels.conventions.compute_dtype`) and round the loss
-    once; the dense one (``"reference"``) computes in the features' dtype, as the original does."""
+    compute wider than the features (float32 in float64, 16-bit in float32:
+    :func:`~dve_kernels.conventions.compute_dtype`) and round the loss once; the dense one (``"reference"``)
+    computes in the features' dtype, as the original does."""
     v.check_feats_and_grid(feats, grid, grid_name=grid_name)
     v.check_real("pow", pow, positive=True)
     v.check_choice("backend", backend, v.BACKENDS)
@@ -94,7 +95,7 @@ class DVELoss(nn.Module):
 
     def forward(self, feats, grid: torch.Tensor) -> torch.Tensor:
         return _loss(feats, grid, self.pow, self.normalize_vectors, self.dve, self.num_aux, self.backend,
-                           grid_name="grid")
+                     grid_name="grid")
 
     def extra_repr(self) -> str:
         return (f"pow={self.pow}, normalize_vectors={self.normalize_vectors}, dve={self.dve}, "
