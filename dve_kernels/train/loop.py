@@ -265,8 +265,7 @@ def train(config: TrainConfig, out, resume: Optional[str] = None, evaluate: bool
     """Train (and, unless ``evaluate=False``, evaluate and draw) in ``out``. Returns a summary dict."""
     trainer = Trainer(config, out, resume=resume, device=device, progress=progress)
     summary = trainer.run()
-    summary["checkpoint"] = str(Path(out) / CHECKPOINT_NAME)
-    summary["metrics_log"] = str(Path(out) / METRICS_LOG)
+    summary.update(checkpoint=str(Path(out) / CHECKPOINT_NAME), metrics_log=str(Path(out) / METRICS_LOG))
     if evaluate and trainer.rank == 0:
         summary.update(evaluate_run(trainer.model, config, Path(out), device=trainer.device, progress=progress))
     _barrier(trainer.world)

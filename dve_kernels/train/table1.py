@@ -1,7 +1,8 @@
 """The paper's Table 1 on the built-in data: SmallNet at C = 3 without DVE and C = 16, 64 with and without DVE.
 
-Every run trains a preset (``demo``) in ``<runs>/C<c>-dve<0|1>-seed<s>``; finished runs are kept, so an interrupted
-table continues where it stopped. Writes ``table1.csv``, ``table1.md``, ``table1.png`` and ``table1_matches.png``.
+Every run trains a preset (``table1``) in ``<runs>/C<c>-dve<0|1>-seed<s>``, ``--jobs`` of them at a time (one
+thread each); finished runs are kept, so an interrupted table continues where it stopped. Writes ``table1.csv``,
+``table1.md``, ``table1.png`` and ``table1_matches.png``.
 """
 
 from __future__ import annotations
@@ -9,12 +10,14 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import multiprocessing
 import os
 import platform
 import shlex
 import statistics
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -22,8 +25,9 @@ import torch
 
 from .checkpoint import CHECKPOINT_NAME, load_run
 from .config import PRESETS, TrainConfig
-from .figures import _pyplot, draw_comparison
+from .data import config_dataset
 from .evaluate import evaluate_run
+from .figures import _pyplot, draw_comparison
 from .loop import Trainer
 
 __all__ = ["CONFIGURATIONS", "COLUMNS", "run_table", "summarise", "cpu_name", "main"]
@@ -34,28 +38,55 @@ COLUMNS = ("embedding_dim", "dve", "seed", "same_identity_error", "different_ide
 METRICS = COLUMNS[3:]
 
 
-def run_table(base: dict, seeds: Sequence[int], runs: Path, out: Path, progress: bool = False) -> list:
-    """Train and evaluate every configuration and seed (skipping finished runs); ``table1.csv`` after each run."""
+def _run_one(base: dict, dim: int, dve: bool, seed: int, run_dir: Path, progress: bool) -> float:
+    """Train and evaluate one run (one thread; continuing its checkpoint if a table was interrupted)."""
+    torch.set_num_threads(1)
+    started = time.time()
+    config = TrainConfig.from_dict(dict(base, embedding_dim=dim, dve=dve, seed=seed))
+    resume = "auto" if (run_dir / CHECKPOINT_NAME).is_file() else None
+    trainer = Trainer(config, run_dir, resume=resume, progress=progress)
+    trainer.run()
+    evaluate_run(trainer.model, config, run_dir, figures=False, progress=progress)
+    return time.time() - started
+
+
+def _run_dir(runs: Path, dim: int, dve: bool, seed: int) -> Path:
+    return runs / f"C{dim}-dve{int(dve)}-seed{seed}"
+
+
+def _finished_rows(runs: Path, seeds: Sequence[int]) -> list:
     rows = []
+    for dim, dve in CONFIGURATIONS:
+        for seed in sorted(seeds):
+            path = _run_dir(runs, dim, dve, seed) / "metrics.json"
+            if path.is_file():
+                metrics = json.loads(path.read_text())
+                rows.append(dict(embedding_dim=dim, dve=int(dve), seed=seed, **{k: metrics[k] for k in METRICS}))
+    return rows
+
+
+def run_table(base: dict, seeds: Sequence[int], runs: Path, out: Path, progress: bool = False,
+              jobs: int = 1) -> list:
+    """Train and evaluate every configuration and seed not yet finished, ``jobs`` runs at a time (a process and a
+    thread each; progress bars only for ``jobs = 1``); rewrites ``table1.csv`` after each run."""
     out.mkdir(parents=True, exist_ok=True)
-    for seed in seeds:
-        for dim, dve in CONFIGURATIONS:
-            run_dir = runs / f"C{dim}-dve{int(dve)}-seed{seed}"
-            if not (run_dir / "metrics.json").is_file():
-                started = time.time()
-                config = TrainConfig.from_dict(dict(base, embedding_dim=dim, dve=dve, seed=seed))
-                resume = "auto" if (run_dir / CHECKPOINT_NAME).is_file() else None  # an interrupted table
-                trainer = Trainer(config, run_dir, resume=resume, progress=progress)
-                trainer.run()
-                evaluate_run(trainer.model, config, run_dir, figures=False, progress=progress)
-                print(f"{run_dir.name}: {time.time() - started:.0f} s", file=sys.stderr, flush=True)
-            metrics = json.loads((run_dir / "metrics.json").read_text())
-            rows.append(dict(embedding_dim=dim, dve=int(dve), seed=seed, **{k: metrics[k] for k in METRICS}))
+    todo = [(dim, dve, seed) for seed in seeds for dim, dve in CONFIGURATIONS
+            if not (_run_dir(runs, dim, dve, seed) / "metrics.json").is_file()]
+    config = TrainConfig.from_dict(base)
+    if todo and config.dataset == "synthetic":  # render (and cache) the faces once, not in every run
+        for split, count in (("train", config.train_count), ("test", config.test_count)):
+            config_dataset(config, runs, split, count)
+    with ProcessPoolExecutor(max(1, min(jobs, len(todo))), mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {pool.submit(_run_one, base, *key, _run_dir(runs, *key), progress and jobs == 1): key
+                   for key in todo}
+        for done, future in enumerate(as_completed(futures), 1):
+            name, seconds = _run_dir(runs, *futures[future]).name, future.result()
+            print(f"[{done}/{len(todo)}] {name}: {seconds:.0f} s", file=sys.stderr, flush=True)
             with open(out / "table1.csv", "w", newline="") as handle:
                 writer = csv.DictWriter(handle, fieldnames=COLUMNS)
                 writer.writeheader()
-                writer.writerows(sorted(rows, key=lambda r: (r["embedding_dim"], r["dve"], r["seed"])))
-    return rows
+                writer.writerows(_finished_rows(runs, seeds))
+    return _finished_rows(runs, seeds)
 
 
 def summarise(rows: list) -> dict:
@@ -72,17 +103,16 @@ def summarise(rows: list) -> dict:
 
 def cpu_name() -> str:
     """The CPU's model name (``/proc/cpuinfo``), else what :mod:`platform` knows."""
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-        return next(line.split(":", 1)[1].strip() for line in lines if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or platform.machine()
+    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
+    names = [line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")]
+    return names[0] if names else platform.processor() or platform.machine()
 
 
-def _markdown(table: dict, command: str, base: dict, seconds: float) -> str:
+def _markdown(table: dict, command: str, base: dict, seconds: float, jobs: int = 1) -> str:
     lines = ["# Table 1 on the built-in synthetic faces", "",
              f"Command: `{command}`  ", f"Machine: {cpu_name()}, "
-             f"{os.cpu_count()} cores, torch {torch.__version__}, 1 thread; wall time {seconds / 60:.1f} min.  ",
+             f"{os.cpu_count()} cores, torch {torch.__version__}, one thread per run, {jobs} run(s) at a time; "
+             f"wall time {seconds / 60:.1f} min.  ",
              "Settings: " + ", ".join(f"{k}={v}" for k, v in sorted(base.items())
                                      if k not in ("embedding_dim", "dve", "seed")), "",
              "| C | DVE | runs | same identity (px) | different identity (px) | landmarks (% IOD) |",
@@ -91,9 +121,7 @@ def _markdown(table: dict, command: str, base: dict, seconds: float) -> str:
         cells = [f"{stats[m][0]:.2f} ± {stats[m][1]:.2f}" for m in METRICS]
         lines.append(f"| {dim} | {'yes' if dve else 'no'} | {stats[METRICS[0]][2]} | " + " | ".join(cells) + " |")
     if (64, False) in table and (64, True) in table:
-        off, on = table[64, False], table[64, True]
-        diff = on["different_identity_error"][0] / off["different_identity_error"][0] - 1
-        same = on["same_identity_error"][0] / off["same_identity_error"][0] - 1
+        same, diff = (table[64, True][m][0] / table[64, False][m][0] - 1 for m in METRICS[:2])
         lines += ["", f"64-D, DVE against no DVE: different identity {diff:+.0%}, same identity {same:+.0%} "
                       "(the paper, Table 1: -51% and +2%)."]
     return "\n".join(lines) + "\n"
@@ -124,28 +152,22 @@ def _figure(rows: list, table: dict, path: Path) -> None:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m dve_kernels.train.table1", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="demo")
-    parser.add_argument("--steps", type=int, default=300, help="optimizer steps per run (default 300)")
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="table1", help="default table1")
+    parser.add_argument("--steps", type=int, help="optimizer steps per run (default: the preset's epochs)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE",
-                        help="further config fields (JSON values), e.g. eval_pairs=100")
     parser.add_argument("--runs", default="runs/table1", help="where the runs go (default runs/table1)")
     parser.add_argument("--out", default="bench/results/training", help="where the table and figures go")
+    parser.add_argument("--jobs", type=int, default=1, help="runs at a time, one thread each (default 1)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    base = dict(PRESETS[args.preset], max_steps=args.steps, data_seed=0, data_root=str(Path(args.runs) / "data"))
-    for item in args.set:
-        key, _, value = item.partition("=")
-        base[key] = json.loads(value)
-    started = time.time()
-    out, runs = Path(args.out), Path(args.runs)
-    rows = run_table(base, args.seeds, runs, out, progress=sys.stderr.isatty())
+    started, out, runs = time.time(), Path(args.out), Path(args.runs)
+    base = dict(PRESETS[args.preset], max_steps=args.steps, data_seed=0, data_root=str(runs / "data"))
+    rows = run_table(base, args.seeds, runs, out, progress=sys.stderr.isatty(), jobs=args.jobs)
     table = summarise(rows)
     command = "python -m dve_kernels.train.table1 " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
-    (out / "table1.md").write_text(_markdown(table, command.strip(), base, time.time() - started))
+    (out / "table1.md").write_text(_markdown(table, command.strip(), base, time.time() - started, args.jobs))
     _figure(rows, table, out / "table1.png")
-    seed = args.seeds[0]
-    pair = [load_run(runs / f"C64-dve{d}-seed{seed}") for d in (0, 1)]
+    pair = [load_run(_run_dir(runs, 64, dve, args.seeds[0])) for dve in (False, True)]
     draw_comparison([(f"64-D {'with' if c.dve else 'without'} DVE", m, c) for c, m, _ in pair],
                     out / "table1_matches.png")
     print((out / "table1.md").read_text())
