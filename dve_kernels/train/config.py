@@ -109,7 +109,7 @@ PRESETS = {
 }
 PRESETS["res2x"] = dict(PRESETS["res1x"], imwidth=200, crop=30)  # 140x140 inputs, 70x70 maps
 # Table 1 on the demo's faces (python -m dve_kernels.train.table1): the paper's full-width SmallNet, 6 epochs of 2,000
-# faces in 8 pairs (1,500 steps), lr 3e-3 divided by 10 for the last epoch; about 10 min per run on one core.
+# faces in 8 pairs (1,500 steps), lr 3e-3 divided by 10 for the last epoch; 6-7.5 min per run on one core.
 PRESETS["table1"] = dict(PRESETS["demo"], model_width=1.0, batch_size=8, lr=3e-3, eval_pairs=100,
                          regression_train=200, regression_test=200, regression_steps=200)
 
