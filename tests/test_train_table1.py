@@ -55,6 +55,7 @@ def test_parallel_table_equals_the_sequential_one_and_keeps_finished_runs(tmp_pa
     assert tables[1] == tables[2]  # same seeds, same numbers, whichever process trained them
     finished = {p: p.stat().st_mtime_ns for p in (tmp_path / "runs2").glob("*/metrics.json")}
     assert len(finished) == 5
-    run_table(dict(base, data_root=str(tmp_path / "runs2" / "data")), [0], tmp_path / "runs2", tmp_path / "out2",
+    run_table(dict(base, data_root=str(tmp_path / "runs2" / "data")), [0], tmp_path / "runs2", tmp_path / "out3",
               jobs=2)
     assert {p: p.stat().st_mtime_ns for p in finished} == finished  # nothing trained again
+    assert (tmp_path / "out3" / "table1.csv").read_text() == tables[2]  # but the table is written where asked

@@ -54,7 +54,8 @@ def _run_dir(runs: Path, dim: int, dve: bool, seed: int) -> Path:
     return runs / f"C{dim}-dve{int(dve)}-seed{seed}"
 
 
-def _finished_rows(runs: Path, seeds: Sequence[int]) -> list:
+def _collect(runs: Path, seeds: Sequence[int], out: Path) -> list:
+    """The finished runs' rows, also written to ``out/table1.csv``."""
     rows = []
     for dim, dve in CONFIGURATIONS:
         for seed in sorted(seeds):
@@ -62,11 +63,14 @@ def _finished_rows(runs: Path, seeds: Sequence[int]) -> list:
             if path.is_file():
                 metrics = json.loads(path.read_text())
                 rows.append(dict(embedding_dim=dim, dve=int(dve), seed=seed, **{k: metrics[k] for k in METRICS}))
+    with open(out / "table1.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
     return rows
 
 
-def run_table(base: dict, seeds: Sequence[int], runs: Path, out: Path, progress: bool = False,
-              jobs: int = 1) -> list:
+def run_table(base: dict, seeds: Sequence[int], runs: Path, out: Path, progress: bool = False, jobs: int = 1) -> list:
     """Train and evaluate every configuration and seed not yet finished, ``jobs`` runs at a time (a process and a
     thread each; progress bars only for ``jobs = 1``); rewrites ``table1.csv`` after each run."""
     out.mkdir(parents=True, exist_ok=True)
@@ -77,16 +81,12 @@ def run_table(base: dict, seeds: Sequence[int], runs: Path, out: Path, progress:
         for split, count in (("train", config.train_count), ("test", config.test_count)):
             config_dataset(config, runs, split, count)
     with ProcessPoolExecutor(max(1, min(jobs, len(todo))), mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = {pool.submit(_run_one, base, *key, _run_dir(runs, *key), progress and jobs == 1): key
-                   for key in todo}
+        futures = {pool.submit(_run_one, base, *key, _run_dir(runs, *key), progress and jobs == 1): key for key in todo}
         for done, future in enumerate(as_completed(futures), 1):
             name, seconds = _run_dir(runs, *futures[future]).name, future.result()
             print(f"[{done}/{len(todo)}] {name}: {seconds:.0f} s", file=sys.stderr, flush=True)
-            with open(out / "table1.csv", "w", newline="") as handle:
-                writer = csv.DictWriter(handle, fieldnames=COLUMNS)
-                writer.writeheader()
-                writer.writerows(_finished_rows(runs, seeds))
-    return _finished_rows(runs, seeds)
+            _collect(runs, seeds, out)  # an interrupted table keeps what it finished
+    return _collect(runs, seeds, out)  # written even when every run was finished before
 
 
 def summarise(rows: list) -> dict:
