@@ -23,6 +23,8 @@ class TrainConfig:
                     choices=("smallnet", "hourglass"))
     embedding_dim: int = _f(64, "embedding channels C", short="-C")
     model_width: float = _f(1.0, "SmallNet channel multiplier (1 = the paper's layer sizes)")
+    model_dilation: int = _f(1, "SmallNet dilation multiplier: 2 doubles the receptive field (54 -> 106 input "
+                                "pixels) with the same weights, for inputs at twice the resolution")
     dve: bool = _f(True, "on: the DVE loss (eq. 6); off: the plain warp loss (eq. 3)")
     num_aux: int = _f(1, "auxiliary images per pair in the DVE exchange")
     pow: float = _f(0.5, "exponent of the pixel distance in the loss")
@@ -112,6 +114,9 @@ PRESETS["res2x"] = dict(PRESETS["res1x"], imwidth=200, crop=30)  # 140x140 input
 # faces in 8 pairs (1,500 steps), lr 3e-3 divided by 10 for the last epoch; 6-7.5 min per run on one core.
 PRESETS["table1"] = dict(PRESETS["demo"], model_width=1.0, batch_size=8, lr=3e-3, eval_pairs=100,
                          regression_train=200, regression_test=200, regression_steps=200)
+# The same faces, warps and steps at twice the resolution (python -m dve_kernels.train.resolution): 112-px renders
+# cropped to 80 px, 40x40 maps; the warps and crop are the same fractions of the image.
+PRESETS["table1-2x"] = dict(PRESETS["table1"], imwidth=112, crop=16)
 
 
 def _bool(text: str) -> bool:
@@ -171,7 +176,7 @@ def validate_config(config: TrainConfig) -> None:
         raise ValueError(f"imwidth={config.imwidth} with crop={config.crop} leaves a {config.input_size}px input")
     if config.input_size % 2:
         raise ValueError(f"the network input imwidth - 2*crop = {config.input_size} must be even (stride 2)")
-    for name in ("epochs", "batch_size", "embedding_dim", "num_aux", "max_steps"):
+    for name in ("epochs", "batch_size", "embedding_dim", "num_aux", "max_steps", "model_dilation"):
         if getattr(config, name) is not None and getattr(config, name) < 1:
             raise ValueError(f"{name} must be >= 1, got {getattr(config, name)}")
     if config.checkpoint_every < 0 or config.checkpoint_minutes < 0:

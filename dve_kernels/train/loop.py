@@ -121,7 +121,8 @@ class Trainer:
         if resume is not None:  # read and check the checkpoint before any work
             path = self.out / CHECKPOINT_NAME if resume == "auto" else Path(resume)
             ckpt = load_checkpoint(path)
-            saved, now = ckpt["config"], config.to_dict()
+            # fields added since the checkpoint was written read as their defaults
+            saved, now = TrainConfig.from_dict(ckpt["config"]).to_dict(), config.to_dict()
             changed = [f"{k} ({saved.get(k)!r} -> {now[k]!r})" for k in sorted(now)
                        if k not in RESUMABLE_FIELDS and saved.get(k) != now[k]]
             if changed:
