@@ -30,7 +30,7 @@ from .evaluate import evaluate_run
 from .figures import _pyplot, draw_comparison
 from .loop import Trainer
 
-__all__ = ["CONFIGURATIONS", "COLUMNS", "run_table", "summarise", "cpu_name", "main"]
+__all__ = ["CONFIGURATIONS", "COLUMNS", "run_table", "run_parallel", "summarise", "cpu_name", "main"]
 
 #: (embedding_dim, dve) of the paper's Table 1 rows.
 CONFIGURATIONS = ((3, False), (16, False), (16, True), (64, False), (64, True))
@@ -80,13 +80,23 @@ def run_table(base: dict, seeds: Sequence[int], runs: Path, out: Path, progress:
     if todo and config.dataset == "synthetic":  # render (and cache) the faces once, not in every run
         for split, count in (("train", config.train_count), ("test", config.test_count)):
             config_dataset(config, runs, split, count)
-    with ProcessPoolExecutor(max(1, min(jobs, len(todo))), mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = {pool.submit(_run_one, base, *key, _run_dir(runs, *key), progress and jobs == 1): key for key in todo}
-        for done, future in enumerate(as_completed(futures), 1):
-            name, seconds = _run_dir(runs, *futures[future]).name, future.result()
-            print(f"[{done}/{len(todo)}] {name}: {seconds:.0f} s", file=sys.stderr, flush=True)
-            _collect(runs, seeds, out)  # an interrupted table keeps what it finished
+    tasks = {_run_dir(runs, *key).name: (base, *key, _run_dir(runs, *key), progress and jobs == 1) for key in todo}
+    run_parallel(_run_one, tasks, jobs, on_done=lambda: _collect(runs, seeds, out))  # interrupted: kept what it did
     return _collect(runs, seeds, out)  # written even when every run was finished before
+
+
+def run_parallel(worker, tasks: dict, jobs: int = 1, on_done=None) -> None:
+    """``worker(*args)`` for every ``name: args`` of ``tasks``, ``jobs`` at a time, each in a fresh spawned process
+    (one run per process, so its peak RSS is its own); ``worker`` returns its seconds, printed with the name, and
+    ``on_done()`` is called in this process after each."""
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max(1, min(jobs, len(tasks))), mp_context=context, max_tasks_per_child=1) as pool:
+        futures = {pool.submit(worker, *args): name for name, args in tasks.items()}
+        for done, future in enumerate(as_completed(futures), 1):
+            seconds = future.result()
+            print(f"[{done}/{len(tasks)}] {futures[future]}: {seconds:.0f} s", file=sys.stderr, flush=True)
+            if on_done is not None:
+                on_done()
 
 
 def summarise(rows: list) -> dict:
