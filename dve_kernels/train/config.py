@@ -40,6 +40,8 @@ class TrainConfig:
     train_count: int = _f(20000, "synthetic faces: training identities")
     test_count: int = _f(1000, "synthetic faces: test identities")
     face_marks: int = _f(0, "synthetic faces: random coloured marks on every face (an identity-specific texture)")
+    face_detail: float = _f(1.0, "synthetic faces: rendered at this fraction of imwidth, then resized up to it "
+                                 "(bilinear): the same faces with less detail")
     data_seed: Optional[int] = _f(None, "synthetic faces: seed of the rendered identities (default: --seed)")
     color_jitter: float = _f(0.4, "brightness/contrast/saturation jitter of each image of a pair")
     # optimisation (the paper: Adam, lr 1e-3, no weight decay)
@@ -179,6 +181,8 @@ def validate_config(config: TrainConfig) -> None:
     for name in ("epochs", "batch_size", "embedding_dim", "num_aux", "max_steps", "model_dilation"):
         if getattr(config, name) is not None and getattr(config, name) < 1:
             raise ValueError(f"{name} must be >= 1, got {getattr(config, name)}")
+    if not 0 < config.face_detail <= 1:
+        raise ValueError(f"face_detail must be in (0, 1], got {config.face_detail}")
     if config.checkpoint_every < 0 or config.checkpoint_minutes < 0:
         raise ValueError(f"checkpoint_every and checkpoint_minutes must be >= 0, got {config.checkpoint_every} and "
                          f"{config.checkpoint_minutes}")

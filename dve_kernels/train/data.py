@@ -80,25 +80,34 @@ class _Base(Dataset):
 
 
 class SyntheticFaces(_Base):
-    """Procedural faces (:mod:`.synthetic`, ``marks`` per face), deterministic from ``seed``; if ``root`` is
-    given, cached there as ``synthetic-<split>-<seed>-<count>-<imwidth>[-m<marks>].npz``."""
+    """Procedural faces (:mod:`.synthetic`, ``marks`` per face), deterministic from ``seed``; ``detail < 1``
+    renders them at that fraction of ``imwidth`` and resizes them up (bilinear): the same faces with less detail. If
+    ``root`` is given, cached there as ``synthetic-<split>-<seed>-<count>-<imwidth>[-m<marks>][-r<rendered>].npz``."""
 
     _TEST_OFFSET = 10_000_000  # test identities never overlap the training ones
 
     def __init__(self, root=None, split: str = "train", imwidth: int = 100, count: int = 2000, seed: int = 0,
-                 marks: int = 0, **_):
+                 marks: int = 0, detail: float = 1.0, **_):
         super().__init__(root, split, imwidth)
         if count < 1:
             raise ValueError(f"count must be >= 1, got {count}")
         self.count, self.seed = count, seed
-        name = f"synthetic-{split}-{seed}-{count}-{imwidth}{f'-m{marks}' if marks else ''}.npz"
+        if not 0 < detail <= 1:
+            raise ValueError(f"detail must be in (0, 1], got {detail}")
+        rendered = imwidth if detail == 1 else max(8, int(round(imwidth * detail)))
+        name = (f"synthetic-{split}-{seed}-{count}-{imwidth}{f'-m{marks}' if marks else ''}"
+                f"{f'-r{rendered}' if rendered != imwidth else ''}.npz")
         cache = None if root is None else self.root / name
         if cache is not None and cache.is_file():
             with np.load(cache) as data:
                 self.images, self.keypoints = data["images"], data["keypoints"]
         else:
             start = 0 if split == "train" else self._TEST_OFFSET
-            self.images, self.keypoints = render_faces(seed, count, imwidth, start=start, marks=marks)
+            self.images, self.keypoints = render_faces(seed, count, rendered, start=start, marks=marks)
+            if rendered != imwidth:  # pixel centres: x_out + 0.5 = (x_in + 0.5) * imwidth / rendered
+                self.images = np.stack([np.asarray(Image.fromarray(image).resize((imwidth, imwidth), Image.BILINEAR))
+                                        for image in self.images])
+                self.keypoints = ((self.keypoints + 0.5) * (imwidth / rendered) - 0.5).astype(np.float32)
             if cache is not None:
                 cache.parent.mkdir(parents=True, exist_ok=True)
                 tmp = cache.with_name(cache.name + f".tmp{os.getpid()}.npz")
@@ -319,7 +328,7 @@ def config_dataset(config, out, split: str, count: Optional[int] = None) -> Data
     if root is None and config.dataset == "synthetic":
         root = str(Path(out) / "data")
     return build_dataset(config.dataset, root, split, config.imwidth, **({} if count is None else dict(count=count)),
-                         seed=config.faces_seed, marks=config.face_marks)
+                         seed=config.faces_seed, marks=config.face_marks, detail=config.face_detail)
 
 
 def build_dataset(name: str, root=None, split: str = "train", imwidth: int = 100, **kwargs) -> Dataset:
