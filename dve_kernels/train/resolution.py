@@ -175,15 +175,16 @@ def _cost(values: dict) -> float:
 
 def run_grid(keys: Sequence[Tuple[str, str, str, int]], runs: Path, out: Path, epochs: Optional[int] = None,
              steps: Optional[int] = None, jobs: int = 1, progress: bool = False) -> list:
-    """Train and evaluate every ``(resolution, model, variant, seed)`` not yet finished, ``jobs`` at a time, the
-    longest first; rewrites ``resolution.csv`` after each run and returns its rows."""
+    """Train and evaluate every ``(resolution, model, variant, seed)`` not yet finished, ``jobs`` at a time (the
+    settings before their variants, the longest first); rewrites ``resolution.csv`` after each run; its rows."""
     data_root = str(runs / "data")
     todo = [key for key in keys if not (_run_dir(runs, *key) / RUN_RECORD).is_file()]
     for resolution in sorted({key[0] for key in todo}):  # render (and cache) the faces once, not in every run
         config = TrainConfig.from_dict(run_config(resolution, "smallnet", 0, data_root=data_root))
         for split, count in (("train", config.train_count), ("test", config.test_count)):
             config_dataset(config, runs, split, count)
-    todo.sort(key=lambda key: -_cost(run_config(*key[:2], key[3], key[2], epochs, steps)))  # the longest first
+    # the compared settings before the ablation's variants, each the longest first
+    todo.sort(key=lambda key: (bool(key[2]), -_cost(run_config(*key[:2], key[3], key[2], epochs, steps))))
     settings: Dict[tuple, dict] = {}
     tasks = {_run_dir(runs, *key).name: (run_config(*key[:2], key[3], key[2], epochs, steps, data_root),
                                          _run_dir(runs, *key), progress and jobs == 1) for key in todo}
