@@ -161,7 +161,7 @@ using compute_t = typename storage_traits<Storage>::compute;
 // ---------------------------------------------------------------------------------------------
 // Tiling constants.
 #ifndef DVE_TILE_ROWS
-#define DVE_TILE_ROWS 64
+#define DVE_TILE_ROWS 128
 #endif
 #ifndef DVE_TILE_COLS
 #define DVE_TILE_COLS 64
@@ -170,7 +170,10 @@ constexpr int kTileRows = DVE_TILE_ROWS;  // source rows (u) per task tile
 constexpr int kTileCols = DVE_TILE_COLS;  // target rows (v / w) per inner tile; S tiles are kTileRows x kTileCols
 constexpr int kLanes = 16;      // independent partial sums per row reduction (vectorisable, fixed order)
 constexpr int kMicroRows = DVE_MICRO_ROWS;  // rows per micro-kernel register block
-constexpr int kMicroVectors = 4;            // vectors per row of a register block
+#ifndef DVE_MICRO_VECTORS
+#define DVE_MICRO_VECTORS 4
+#endif
+constexpr int kMicroVectors = DVE_MICRO_VECTORS;  // vectors per row of a register block
 static_assert(kTileRows % 4 == 0 && kTileCols % kLanes == 0, "tile sizes must fit the micro-kernels");
 
 template <class A>
@@ -199,7 +202,7 @@ inline std::int64_t ceil_div(std::int64_t a, std::int64_t b) { return (a + b - 1
 // two-part ln 2 and a degree-13 Taylor polynomial on |r| <= ln2/2 (truncation below 1e-17, about
 // 1 ulp in all), flushed to 0 below -708.3 (DBL_MIN) and inf above 709 (the softmax only ever
 // takes exp of logit - max <= 0); std::exp would be a scalar call that keeps the row loops from
-// vectorising (float32 inputs of the drop-in losses run this path, see conventions.compute_dtype).
+// vectorising.
 inline float fast_exp(float x) {
   constexpr float lo = -87.3365f;
   constexpr float hi = 88.3762f;
@@ -219,6 +222,27 @@ inline float fast_exp(float x) {
   float result = poly * two_n;
   result = x < lo ? 0.0f : result;
   result = x > hi ? std::numeric_limits<float>::infinity() : result;
+  return x != x ? x : result;
+}
+// exp of a softmax argument (logit - max, or (logit - hi) - lo: at most a rounding above 0; -inf and NaN pass
+// through as 0 and NaN): fast_exp without the overflow branch, and 2^n straight from the bits of the rounding
+// sum t = x log2(e) + 1.5 * 2^23, whose low bits hold n. A third fewer instructions than fast_exp, the same
+// polynomial (about 1 ulp); it is the softmax's whole element-wise cost besides the dots.
+inline float softmax_exp(float x) {
+  constexpr float lo = -87.3365f;
+  const float xc = x >= lo ? x : lo;  // also maps NaN to lo; the NaN is restored at the end
+  const float t = xc * 1.44269504088896341f + 12582912.0f;
+  const float n = t - 12582912.0f;  // x log2(e), rounded to an integer
+  const float r = (xc - n * 0.693359375f) - n * -2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  const float poly = p * (r * r) + r + 1.0f;
+  const float two_n = bits_to_float((float_to_bits(t) + 127u) << 23);  // the low 9 bits of t's bits: n + 127
+  const float result = x < lo ? 0.0f : poly * two_n;
   return x != x ? x : result;
 }
 inline double fast_exp(double x) {
@@ -254,6 +278,7 @@ inline double fast_exp(double x) {
   result = x > hi ? std::numeric_limits<double>::infinity() : result;
   return x != x ? x : result;
 }
+inline double softmax_exp(double x) { return fast_exp(x); }  // after fast_exp(double): no float overload
 
 // lse = max + log(sum) is saved in double for every storage type. With logits of ~400 (normalised
 // x20 embeddings) one float ulp of lse is 3e-5, and the backward's exp(logit - lse) would inherit it
@@ -326,6 +351,39 @@ inline void load_transposed(A* dst, const S* src, int count, std::int64_t channe
   }
 }
 
+// The target side of an op (keys / values), converted to the compute type once per call and laid out per tile
+// of kTileCols rows: transposed (C x kTileCols, for the logits) and, when asked, row-major with padded channels
+// (for P @ Y). Packing once instead of once per (source tile, target tile) removes a scalar copy of the tile
+// from the hot loop; the memory is O(B * M * C), as the op's inputs.
+template <class A>
+struct PackedTiles {
+  std::int64_t tiles, channels, padded;
+  std::vector<A> rows, transposed;
+
+  template <class S>
+  PackedTiles(const S* data, std::int64_t batch, std::int64_t count, std::int64_t channels_, bool with_rows,
+              int threads)
+      : tiles(ceil_div(count, kTileCols)), channels(channels_), padded(padded_channels<A>(channels_)),
+        rows(with_rows ? static_cast<std::size_t>(batch * tiles * kTileCols * padded) : 0),
+        transposed(static_cast<std::size_t>(batch * tiles * channels * kTileCols)) {
+    const std::int64_t total = batch * tiles;
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (std::int64_t index = 0; index < total; ++index) {
+      const std::int64_t b = index / tiles, v0 = (index % tiles) * kTileCols;
+      const int nv = static_cast<int>(std::min<std::int64_t>(kTileCols, count - v0));
+      const S* from = data + (b * count + v0) * channels;
+      load_transposed(transposed.data() + index * channels * kTileCols, from, nv, channels, A(1));
+      if (with_rows) load_rows(rows.data() + index * kTileCols * padded, kTileCols, from, nv, channels, padded, A(1));
+    }
+  }
+  const A* rows_of(std::int64_t b, std::int64_t v0) const {
+    return rows.data() + (b * tiles + v0 / kTileCols) * kTileCols * padded;
+  }
+  const A* transposed_of(std::int64_t b, std::int64_t v0) const {
+    return transposed.data() + (b * tiles + v0 / kTileCols) * channels * kTileCols;
+  }
+};
+
 // ---------------------------------------------------------------------------------------------
 // Micro-kernel 1: S[r][k] = sum_{c < C} X[r][c] * KT[c][k] for r < rows (a multiple of
 // kMicroRows) and all kTileCols columns. X has row stride ldx; KT is C x kTileCols; S has row
@@ -365,65 +423,6 @@ inline void tile_logits(const A* X, std::int64_t ldx, const A* KT, std::int64_t 
           }
       }
     }
-  }
-}
-
-// Micro-kernel 1, float32 storage: the same S = X @ KT, accumulated in double and kept in double. Each
-// float x float product is exact in double and the sum keeps 53 bits. Why: with x20-normalised vectors a logit
-// is ~400, where one float ulp is 3e-5; a softmax row with two close candidates turns the rounding of their
-// logits into the largest error of the whole result (even correctly rounded float logits move such a
-// reconstruction by ~1e-5), and a dense sgemm is off by the same amount only on unlucky rows. The softmax then
-// subtracts the row max (or lse) in double, so logit - max is exact to its own magnitude before it becomes a
-// float. 16-bit storage keeps the float kernel: its promise is against the dense 16-bit computation, whose
-// errors are 2^13 times larger.
-inline void tile_logits_wide(const float* X, std::int64_t ldx, const float* KT, std::int64_t channels, int rows,
-                             double* S) {
-  constexpr int WD = DVE_VECTOR_BYTES / static_cast<int>(sizeof(double));  // doubles per vector
-  typedef double dvec __attribute__((vector_size(DVE_VECTOR_BYTES), aligned(sizeof(double)), may_alias));
-  typedef float hvec __attribute__((vector_size(DVE_VECTOR_BYTES / 2), aligned(sizeof(float)), may_alias));
-  constexpr int vectors = 4;  // double vectors per row of a register block
-  constexpr int block_cols = WD * vectors;
-  static_assert(kTileCols % block_cols == 0, "kTileCols must be a multiple of the register block");
-  for (int r0 = 0; r0 < rows; r0 += kMicroRows) {
-    for (int k0 = 0; k0 < kTileCols; k0 += block_cols) {
-      dvec acc[kMicroRows][vectors];
-      for (int i = 0; i < kMicroRows; ++i)
-        for (int j = 0; j < vectors; ++j) acc[i][j] = dvec{};
-      const float* kt = KT + k0;
-      for (std::int64_t c = 0; c < channels; ++c, kt += kTileCols) {
-        dvec b[vectors];
-        for (int j = 0; j < vectors; ++j) b[j] = __builtin_convertvector(*reinterpret_cast<const hvec*>(kt + j * WD), dvec);
-        for (int i = 0; i < kMicroRows; ++i) {
-          const dvec a = static_cast<double>(X[(r0 + i) * ldx + c]) - dvec{};
-          for (int j = 0; j < vectors; ++j) acc[i][j] += a * b[j];
-        }
-      }
-      for (int i = 0; i < kMicroRows; ++i)
-        for (int j = 0; j < vectors; ++j) *reinterpret_cast<dvec*>(S + (r0 + i) * kTileCols + k0 + j * WD) = acc[i][j];
-    }
-  }
-}
-
-// The type logits are kept in for storage type S: double for float32 storage (see tile_logits_wide), the
-// compute type otherwise.
-template <class S>
-struct logit_type {
-  using type = compute_t<S>;
-};
-template <>
-struct logit_type<float> {
-  using type = double;
-};
-template <class S>
-using logit_t = typename logit_type<S>::type;
-
-// The logit tile of storage type S, in logit_t<S>.
-template <class S, class A>
-inline void logit_tile(const A* X, std::int64_t ldx, const A* KT, std::int64_t channels, int rows, logit_t<S>* out) {
-  if constexpr (std::is_same_v<S, float>) {
-    tile_logits_wide(X, ldx, KT, channels, rows, out);
-  } else {
-    tile_logits(X, ldx, KT, channels, rows, out);
   }
 }
 
@@ -471,42 +470,55 @@ inline void accumulate_rows(A* Out, const A* coef, int coef_row, int coef_col, i
 }
 
 // ---------------------------------------------------------------------------------------------
-// Row reductions over one kTileCols row with kLanes independent partial results, combined in a
-// fixed order (vectorisable without -ffast-math, and identical on every run).
+// Row reductions. A row of a tile is reduced into kLanes independent partial results (lane l takes the
+// columns k = l mod kLanes), which stay lanes across the tiles of a row and are combined once, at the row's
+// end, by a fixed pairwise tree: vectorisable without -ffast-math, identical on every run, and no
+// horizontal reduction inside the hot loop.
 template <class A>
-inline A row_max(const A* row) {
-  A lanes[kLanes];
+inline void lane_max(const A* row, A* lanes) {
   for (int l = 0; l < kLanes; ++l) lanes[l] = row[l];
   for (int k0 = kLanes; k0 < kTileCols; k0 += kLanes)
     for (int l = 0; l < kLanes; ++l) lanes[l] = row[k0 + l] > lanes[l] ? row[k0 + l] : lanes[l];
-  A result = lanes[0];
-  for (int l = 1; l < kLanes; ++l) result = lanes[l] > result ? lanes[l] : result;
-  return result;
 }
 
 template <class A>
-inline A lane_total(const A* lanes) {
-  A result = lanes[0];
-  for (int l = 1; l < kLanes; ++l) result += lanes[l];
-  return result;
+inline A tree_max(A* lanes) {
+  for (int width = kLanes / 2; width >= 1; width /= 2)
+    for (int l = 0; l < width; ++l) lanes[l] = lanes[l + width] > lanes[l] ? lanes[l + width] : lanes[l];
+  return lanes[0];
 }
 
-// The backward's statistics pre-pass over one tile row (both ops): sum += sum_k p_k and
-// excess += sum_k p_k (value(k) - centre), with p_k = exp((logit_k - hi) - lo) for the k < nv columns
-// of the tile (hi + lo: the forward's lse, split). value(k) is the row's own quantity (the warp loss's
-// distance, the exchange's <dO, aux> logit); the subtraction happens in its type, as the callers had it.
-template <class A, class L, class Value>
-inline void add_mass_and_excess(const L* row, L hi, L lo, int nv, A centre, Value value, A& sum, A& excess) {
-  A sum_lanes[kLanes] = {}, excess_lanes[kLanes] = {};
+template <class A>
+inline A row_max(const A* row) {
+  A lanes[kLanes];
+  lane_max(row, lanes);
+  return tree_max(lanes);
+}
+
+// The sum of kLanes partial sums, by the fixed pairwise tree (the lanes are not changed).
+template <class A>
+inline A lane_total(const A* lanes) {
+  A work[kLanes];
+  for (int l = 0; l < kLanes; ++l) work[l] = lanes[l];
+  for (int width = kLanes / 2; width >= 1; width /= 2)
+    for (int l = 0; l < width; ++l) work[l] += work[l + width];
+  return work[0];
+}
+
+// The backward's statistics pre-pass over one tile row (both ops): sum_lanes += p_k and
+// excess_lanes += p_k (value(k) - centre), lane by lane, with p_k = exp((logit_k - hi) - lo) for the k < nv
+// columns of the tile (hi + lo: the forward's lse, split). value(k) is the row's own quantity (the warp loss's
+// distance, the exchange's <dO, aux> logit). The caller totals the lanes after the row's last tile.
+template <class A, class Value>
+inline void add_mass_and_excess(const A* row, A hi, A lo, int nv, A centre, Value value, A* sum_lanes,
+                                A* excess_lanes) {
   for (int k0 = 0; k0 < kTileCols; k0 += kLanes)
     for (int l = 0; l < kLanes; ++l) {
       const int k = k0 + l;
-      const A p = k < nv ? fast_exp(static_cast<A>((row[k] - hi) - lo)) : A(0);
+      const A p = k < nv ? softmax_exp(static_cast<A>((row[k] - hi) - lo)) : A(0);
       sum_lanes[l] += p;
       excess_lanes[l] += p * static_cast<A>(value(k) - centre);
     }
-  sum += lane_total(sum_lanes);
-  excess += lane_total(excess_lanes);
 }
 
 // Threads for a parallel region: the caller's request, or OpenMP's default.

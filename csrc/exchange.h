@@ -32,67 +32,65 @@ void exchange_forward(const S* query, const S* aux, S* out, double* lse, std::in
                       std::int64_t n_query, std::int64_t n_aux, std::int64_t channels, double scale,
                       int num_threads = 0) {
   using A = compute_t<S>;
-  using L = logit_t<S>;
   const std::int64_t padded = padded_channels<A>(channels);
   const std::int64_t query_tiles = ceil_div(n_query, kTileRows);
   const std::int64_t tasks = batch * query_tiles;
   const A scale_a = static_cast<A>(scale);
+  const int threads = resolve_threads(num_threads);
+  const PackedTiles<A> packed(aux, batch, n_aux, channels, true, threads);
 
-#pragma omp parallel for schedule(dynamic, 1) num_threads(resolve_threads(num_threads))
+#pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
   for (std::int64_t task = 0; task < tasks; ++task) {
     const std::int64_t b = task / query_tiles;
     const std::int64_t u0 = (task % query_tiles) * kTileRows;
     const int nu = static_cast<int>(std::min<std::int64_t>(kTileRows, n_query - u0));
     const int rows = round_up(nu, kMicroRows);
-    const S* aux_b = aux + b * n_aux * channels;
 
-    std::vector<A> q_tile(kTileRows * padded), acc(kTileRows * padded, A(0));
-    std::vector<A> aux_rows(kTileCols * padded), aux_t(channels * kTileCols), prob(kTileRows * kTileCols);
-    std::vector<L> logits(kTileRows * kTileCols);
-    L running_max[kTileRows];
-    A running_sum[kTileRows];
+    std::vector<A> q_tile(kTileRows * padded), acc(kTileRows * padded, A(0)), prob(kTileRows * kTileCols);
+    std::vector<A> logits(kTileRows * kTileCols);
+    A running_max[kTileRows];
+    A sum_lanes[kTileRows][kLanes];  // the running sum of each row, in lanes (see row reductions, common.h)
     for (int r = 0; r < kTileRows; ++r) {
-      running_max[r] = -std::numeric_limits<L>::infinity();
-      running_sum[r] = A(0);
+      running_max[r] = -std::numeric_limits<A>::infinity();
+      for (int l = 0; l < kLanes; ++l) sum_lanes[r][l] = A(0);
     }
     // The scale is folded into the queries: logit = <scale * q_u, aux_w>.
     load_rows(q_tile.data(), kTileRows, query + (b * n_query + u0) * channels, nu, channels, padded, scale_a);
 
     for (std::int64_t v0 = 0; v0 < n_aux; v0 += kTileCols) {
       const int nv = static_cast<int>(std::min<std::int64_t>(kTileCols, n_aux - v0));
-      load_rows(aux_rows.data(), kTileCols, aux_b + v0 * channels, nv, channels, padded, A(1));
-      load_transposed(aux_t.data(), aux_b + v0 * channels, nv, channels, A(1));
-      logit_tile<S>(q_tile.data(), padded, aux_t.data(), channels, rows, logits.data());
+      tile_logits(q_tile.data(), padded, packed.transposed_of(b, v0), channels, rows, logits.data());
 
       for (int r = 0; r < nu; ++r) {
-        L* row = logits.data() + r * kTileCols;
+        A* row = logits.data() + r * kTileCols;
         A* p_row = prob.data() + r * kTileCols;
-        for (int k = nv; k < kTileCols; ++k) row[k] = -std::numeric_limits<L>::infinity();
-        const L tile_max = row_max(row);
-        const L new_max = tile_max > running_max[r] ? tile_max : running_max[r];
-        const A rescale = fast_exp(static_cast<A>(running_max[r] - new_max));
-        A lanes[kLanes] = {};
+        for (int k = nv; k < kTileCols; ++k) row[k] = -std::numeric_limits<A>::infinity();
+        const A tile_max = row_max(row);
+        const A new_max = tile_max > running_max[r] ? tile_max : running_max[r];
+        const A rescale = softmax_exp(static_cast<A>(running_max[r] - new_max));
+        A* lanes = sum_lanes[r];
+        for (int l = 0; l < kLanes; ++l) lanes[l] *= rescale;
         for (int k0 = 0; k0 < kTileCols; k0 += kLanes)
           for (int l = 0; l < kLanes; ++l) {
-            const A p = fast_exp(static_cast<A>(row[k0 + l] - new_max));  // the difference is exact in L
+            const A p = softmax_exp(static_cast<A>(row[k0 + l] - new_max));  // exact where it matters (Sterbenz)
             p_row[k0 + l] = p;
             lanes[l] += p;
           }
-        running_sum[r] = running_sum[r] * rescale + lane_total(lanes);
         running_max[r] = new_max;
         A* acc_row = acc.data() + r * padded;
         for (std::int64_t c = 0; c < padded; ++c) acc_row[c] *= rescale;
       }
       // acc += P @ aux_rows (rows past nu of P are stale but finite, and their output is never stored).
-      accumulate_rows(acc.data(), prob.data(), kTileCols, 1, rows, aux_rows.data(), nv, padded);
+      accumulate_rows(acc.data(), prob.data(), kTileCols, 1, rows, packed.rows_of(b, v0), nv, padded);
     }
 
     for (int r = 0; r < nu; ++r) {
-      const A inv = A(1) / running_sum[r];
+      const A total = lane_total(sum_lanes[r]);
+      const A inv = A(1) / total;
       const A* acc_row = acc.data() + r * padded;
       S* out_row = out + (b * n_query + u0 + r) * channels;
       for (std::int64_t c = 0; c < channels; ++c) out_row[c] = storage_traits<S>::store(acc_row[c] * inv);
-      lse[b * n_query + u0 + r] = log_sum_exp(static_cast<double>(running_max[r]), running_sum[r]);
+      lse[b * n_query + u0 + r] = log_sum_exp(static_cast<double>(running_max[r]), total);
     }
   }
 }
@@ -102,7 +100,6 @@ void exchange_backward(const S* grad_out, const S* query, const S* aux, const S*
                        S* grad_query, S* grad_aux, std::int64_t batch, std::int64_t n_query, std::int64_t n_aux,
                        std::int64_t channels, double scale, int num_threads = 0) {
   using A = compute_t<S>;
-  using L = logit_t<S>;
   const std::int64_t padded = padded_channels<A>(channels);
   const std::int64_t query_tiles = ceil_div(n_query, kTileRows);
   const std::int64_t aux_tiles = ceil_div(n_aux, kTileCols);
@@ -111,6 +108,7 @@ void exchange_backward(const S* grad_out, const S* query, const S* aux, const S*
   const std::int64_t tasks = batch * chunks;
   const A scale_a = static_cast<A>(scale);
   const int threads = resolve_threads(num_threads);
+  const PackedTiles<A> packed(aux, batch, n_aux, channels, true, threads);
 
   // grad_aux partial sums, one per (chunk, batch): O(chunks * B * M * C), never N x M.
   std::vector<A> partial(static_cast<std::size_t>(chunks * batch * aux_rows_padded * padded), A(0));
@@ -121,16 +119,15 @@ void exchange_backward(const S* grad_out, const S* query, const S* aux, const S*
     const std::int64_t chunk = task % chunks;
     const std::int64_t tile_begin = chunk * query_tiles / chunks;
     const std::int64_t tile_end = (chunk + 1) * query_tiles / chunks;
-    const S* aux_b = aux + b * n_aux * channels;
     A* grad_aux_part = partial.data() + (chunk * batch + b) * aux_rows_padded * padded;
 
     std::vector<A> q_tile(kTileRows * padded), dout_tile(kTileRows * padded), grad_q(kTileRows * padded);
-    std::vector<A> aux_rows(kTileCols * padded), aux_t(channels * kTileCols);
     std::vector<A> prob(kTileRows * kTileCols), dlogit(kTileRows * kTileCols);
-    std::vector<L> logits(kTileRows * kTileCols), dp(kTileRows * kTileCols);
+    std::vector<A> logits(kTileRows * kTileCols), dp(kTileRows * kTileCols);
     A delta[kTileRows];
-    L lse_hi[kTileRows], lse_lo[kTileRows];
-    A row_sum[kTileRows], row_excess[kTileRows], row_scale[kTileRows];
+    A lse_hi[kTileRows], lse_lo[kTileRows];
+    A row_excess[kTileRows], row_scale[kTileRows];
+    A sum_lanes[kTileRows][kLanes], excess_lanes[kTileRows][kLanes];
 
     for (std::int64_t tile = tile_begin; tile < tile_end; ++tile) {
       const std::int64_t u0 = tile * kTileRows;
@@ -146,7 +143,7 @@ void exchange_backward(const S* grad_out, const S* query, const S* aux, const S*
         const A* dout_row = dout_tile.data() + r * padded;
         for (std::int64_t c = 0; c < channels; ++c) d += dout_row[c] * storage_traits<S>::load(out_row[c]);
         delta[r] = d;
-        const split_lse<L> split(lse[row0 + r]);
+        const split_lse<A> split(lse[row0 + r]);
         lse_hi[r] = split.hi;
         lse_lo[r] = split.lo;
       }
@@ -157,50 +154,48 @@ void exchange_backward(const S* grad_out, const S* query, const S* aux, const S*
       // exact where it matters (Sterbenz), so D_u is as consistent with dP as the dense computation's own
       // sum_w p dP, which is what makes dP - D cancel exactly for a peaked (one-hot) row.
       for (int r = 0; r < nu; ++r) {
-        row_sum[r] = A(0);
-        row_excess[r] = A(0);
+        for (int l = 0; l < kLanes; ++l) sum_lanes[r][l] = excess_lanes[r][l] = A(0);
       }
       for (std::int64_t v0 = 0; v0 < n_aux; v0 += kTileCols) {
         const int nv = static_cast<int>(std::min<std::int64_t>(kTileCols, n_aux - v0));
-        load_transposed(aux_t.data(), aux_b + v0 * channels, nv, channels, A(1));
-        logit_tile<S>(q_tile.data(), padded, aux_t.data(), channels, rows, logits.data());
-        logit_tile<S>(dout_tile.data(), padded, aux_t.data(), channels, rows, dp.data());
+        const A* aux_t = packed.transposed_of(b, v0);
+        tile_logits(q_tile.data(), padded, aux_t, channels, rows, logits.data());
+        tile_logits(dout_tile.data(), padded, aux_t, channels, rows, dp.data());
         for (int r = 0; r < nu; ++r) {
-          const L* l_row = logits.data() + r * kTileCols;
-          const L* d_row = dp.data() + r * kTileCols;
-          add_mass_and_excess<A, L>(l_row, lse_hi[r], lse_lo[r], nv, delta[r], [&](int k) { return d_row[k]; },
-                              row_sum[r], row_excess[r]);
+          const A* l_row = logits.data() + r * kTileCols;
+          const A* d_row = dp.data() + r * kTileCols;
+          add_mass_and_excess(l_row, lse_hi[r], lse_lo[r], nv, delta[r], [&](int k) { return d_row[k]; },
+                              sum_lanes[r], excess_lanes[r]);
         }
       }
       for (int r = 0; r < nu; ++r) {
-        row_scale[r] = A(1) / row_sum[r];
-        row_excess[r] *= row_scale[r];  // e_u / S_u = D_u - D~_u
+        row_scale[r] = A(1) / lane_total(sum_lanes[r]);
+        row_excess[r] = lane_total(excess_lanes[r]) * row_scale[r];  // e_u / S_u = D_u - D~_u
       }
 
       // Pass 2: dlogit_uw = p_uw ((dP_uw - D~_u) - e_u / S_u), element by element.
       for (std::int64_t v0 = 0; v0 < n_aux; v0 += kTileCols) {
         const int nv = static_cast<int>(std::min<std::int64_t>(kTileCols, n_aux - v0));
         const int aux_rows_count = round_up(nv, kMicroRows);
-        load_rows(aux_rows.data(), kTileCols, aux_b + v0 * channels, nv, channels, padded, A(1));
-        load_transposed(aux_t.data(), aux_b + v0 * channels, nv, channels, A(1));
-        logit_tile<S>(q_tile.data(), padded, aux_t.data(), channels, rows, logits.data());
-        logit_tile<S>(dout_tile.data(), padded, aux_t.data(), channels, rows, dp.data());  // <dO_u, aux_w>
+        const A* aux_t = packed.transposed_of(b, v0);
+        tile_logits(q_tile.data(), padded, aux_t, channels, rows, logits.data());
+        tile_logits(dout_tile.data(), padded, aux_t, channels, rows, dp.data());  // <dO_u, aux_w>
         for (int r = 0; r < nu; ++r) {
-          const L* l_row = logits.data() + r * kTileCols;
-          const L* dp_row = dp.data() + r * kTileCols;
+          const A* l_row = logits.data() + r * kTileCols;
+          const A* dp_row = dp.data() + r * kTileCols;
           A* p_row = prob.data() + r * kTileCols;
           A* d_row = dlogit.data() + r * kTileCols;
           // row constants in locals: the vectoriser cannot prove the row stores leave them alone
-          const L hi = lse_hi[r], lo = lse_lo[r];
+          const A hi = lse_hi[r], lo = lse_lo[r];
           const A row_delta = delta[r], excess = row_excess[r], normaliser = row_scale[r];
           for (int k = 0; k < kTileCols; ++k) {
-            const A p = k < nv ? fast_exp(static_cast<A>((l_row[k] - hi) - lo)) * normaliser : A(0);
+            const A p = k < nv ? softmax_exp(static_cast<A>((l_row[k] - hi) - lo)) * normaliser : A(0);
             p_row[k] = p;
             d_row[k] = p * (static_cast<A>(dp_row[k] - row_delta) - excess);
           }
         }
         // grad_q += dlogit @ aux;  grad_aux += dlogit^T @ (scale q) + P^T @ dO
-        accumulate_rows(grad_q.data(), dlogit.data(), kTileCols, 1, rows, aux_rows.data(), nv, padded);
+        accumulate_rows(grad_q.data(), dlogit.data(), kTileCols, 1, rows, packed.rows_of(b, v0), nv, padded);
         A* grad_aux_rows = grad_aux_part + v0 * padded;
         accumulate_rows(grad_aux_rows, dlogit.data(), 1, kTileCols, aux_rows_count, q_tile.data(), nu, padded);
         accumulate_rows(grad_aux_rows, prob.data(), 1, kTileCols, aux_rows_count, dout_tile.data(), nu, padded);

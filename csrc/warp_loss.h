@@ -23,14 +23,13 @@ inline namespace DVE_ISA_NS {
 
 namespace detail {
 
-// Distances of one source point to the kTileCols target points of a tile (columns >= count: 0).
+// The distance term of one source point (sx, sy) to target point k of a tile. It is computed where it is used,
+// inside the softmax loops, so that its square roots (a unit of their own) overlap with exp's FMAs.
 template <PowMode mode, class A>
-inline void distance_row(A sx, A sy, const A* tx, const A* ty, A half_pow, A* dist) {
-  for (int k = 0; k < kTileCols; ++k) {
-    const A dx = sx - tx[k];
-    const A dy = sy - ty[k];
-    dist[k] = distance_pow<mode>(dx * dx + dy * dy, half_pow);
-  }
+inline A distance_to(A sx, A sy, const A* tx, const A* ty, int k, A half_pow) {
+  const A dx = sx - tx[k];
+  const A dy = sy - ty[k];
+  return distance_pow<mode>(dx * dx + dy * dy, half_pow);
 }
 
 // Target coordinates of a tile, split into x and y arrays (padding: copies of the last point, so
@@ -49,63 +48,80 @@ void warp_loss_forward_impl(const S* src, const S* tgt, const compute_t<S>* src_
                             compute_t<S>* rows_out, double* lse, std::int64_t batch, std::int64_t n_src,
                             std::int64_t n_tgt, std::int64_t channels, double pow, double scale, int num_threads) {
   using A = compute_t<S>;
-  using L = logit_t<S>;
   const std::int64_t padded = padded_channels<A>(channels);
   const std::int64_t src_tiles = ceil_div(n_src, kTileRows);
   const std::int64_t tasks = batch * src_tiles;
   const A scale_a = static_cast<A>(scale);
   const A half_pow = static_cast<A>(pow / 2);
+  const int threads = resolve_threads(num_threads);
+  const PackedTiles<A> packed(tgt, batch, n_tgt, channels, false, threads);
 
-#pragma omp parallel for schedule(dynamic, 1) num_threads(resolve_threads(num_threads))
+#pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
   for (std::int64_t task = 0; task < tasks; ++task) {
     const std::int64_t b = task / src_tiles;
     const std::int64_t u0 = (task % src_tiles) * kTileRows;
     const int nu = static_cast<int>(std::min<std::int64_t>(kTileRows, n_src - u0));
     const int rows = round_up(nu, kMicroRows);
     const std::int64_t row0 = b * n_src + u0;
-    const S* tgt_b = tgt + b * n_tgt * channels;
     const A* tgt_xy_b = tgt_xy + b * n_tgt * 2;
 
-    std::vector<A> src_tile(kTileRows * padded), tgt_t(channels * kTileCols);
-    std::vector<L> logits(kTileRows * kTileCols);
-    L running_max[kTileRows];
-    A running_sum[kTileRows], running_dist[kTileRows];
-    A tx[kTileCols], ty[kTileCols], dist[kTileCols];
-    for (int r = 0; r < kTileRows; ++r) {
-      running_max[r] = -std::numeric_limits<L>::infinity();
-      running_sum[r] = A(0);
-      running_dist[r] = A(0);
-    }
+    std::vector<A> src_tile(kTileRows * padded);
+    std::vector<A> logits(kTileRows * kTileCols);
+    // Online softmax lane by lane (lane l: the columns k = l mod kLanes), each lane with its own running max:
+    // nothing is reduced across lanes until the row's end (see row reductions, common.h).
+    A max_lanes[kTileRows][kLanes], sum_lanes[kTileRows][kLanes], dist_lanes[kTileRows][kLanes];
+    A tx[kTileCols], ty[kTileCols];
+    for (int r = 0; r < kTileRows; ++r)
+      for (int l = 0; l < kLanes; ++l) {
+        max_lanes[r][l] = -std::numeric_limits<A>::infinity();
+        sum_lanes[r][l] = dist_lanes[r][l] = A(0);
+      }
     load_rows(src_tile.data(), kTileRows, src + row0 * channels, nu, channels, padded, scale_a);
 
     for (std::int64_t v0 = 0; v0 < n_tgt; v0 += kTileCols) {
       const int nv = static_cast<int>(std::min<std::int64_t>(kTileCols, n_tgt - v0));
-      load_transposed(tgt_t.data(), tgt_b + v0 * channels, nv, channels, A(1));
       load_coordinates(tgt_xy_b + 2 * v0, nv, tx, ty);
-      logit_tile<S>(src_tile.data(), padded, tgt_t.data(), channels, rows, logits.data());
+      tile_logits(src_tile.data(), padded, packed.transposed_of(b, v0), channels, rows, logits.data());
 
       for (int r = 0; r < nu; ++r) {
-        L* row = logits.data() + r * kTileCols;
-        for (int k = nv; k < kTileCols; ++k) row[k] = -std::numeric_limits<L>::infinity();
-        distance_row<mode>(src_xy[2 * (row0 + r)], src_xy[2 * (row0 + r) + 1], tx, ty, half_pow, dist);
-        const L tile_max = row_max(row);
-        const L new_max = tile_max > running_max[r] ? tile_max : running_max[r];
-        const A rescale = fast_exp(static_cast<A>(running_max[r] - new_max));
-        A sum_lanes[kLanes] = {}, dist_lanes[kLanes] = {};
+        A* row = logits.data() + r * kTileCols;
+        for (int k = nv; k < kTileCols; ++k) row[k] = -std::numeric_limits<A>::infinity();
+        const A sx = src_xy[2 * (row0 + r)], sy = src_xy[2 * (row0 + r) + 1];
+        A new_max[kLanes], shift[kLanes];
+        lane_max(row, new_max);
+        A* m = max_lanes[r];
+        A* sums = sum_lanes[r];
+        A* dists = dist_lanes[r];
+        for (int l = 0; l < kLanes; ++l) {
+          new_max[l] = new_max[l] > m[l] ? new_max[l] : m[l];
+          shift[l] = new_max[l] == -std::numeric_limits<A>::infinity() ? A(0) : new_max[l];  // a lane of padding only
+          const A rescale = softmax_exp(static_cast<A>(m[l] - shift[l]));
+          sums[l] *= rescale;
+          dists[l] *= rescale;
+          m[l] = new_max[l];
+        }
         for (int k0 = 0; k0 < kTileCols; k0 += kLanes)
           for (int l = 0; l < kLanes; ++l) {
-            const A p = fast_exp(static_cast<A>(row[k0 + l] - new_max));  // the difference is exact in L
-            sum_lanes[l] += p;
-            dist_lanes[l] += p * dist[k0 + l];
+            const A p = softmax_exp(static_cast<A>(row[k0 + l] - shift[l]));  // exact where it matters (Sterbenz)
+            sums[l] += p;
+            dists[l] += p * distance_to<mode>(sx, sy, tx, ty, k0 + l, half_pow);
           }
-        running_sum[r] = running_sum[r] * rescale + lane_total(sum_lanes);
-        running_dist[r] = running_dist[r] * rescale + lane_total(dist_lanes);
-        running_max[r] = new_max;
       }
     }
     for (int r = 0; r < nu; ++r) {
-      rows_out[row0 + r] = running_dist[r] / running_sum[r];
-      lse[row0 + r] = log_sum_exp(static_cast<double>(running_max[r]), running_sum[r]);
+      // the lanes to the row's max: sum = sum_l sum_l exp(max_l - max), likewise the distances
+      A* m = max_lanes[r];
+      A lanes[kLanes];
+      for (int l = 0; l < kLanes; ++l) lanes[l] = m[l];
+      const A row_max_value = tree_max(lanes);
+      for (int l = 0; l < kLanes; ++l) {
+        const A rescale = softmax_exp(static_cast<A>(m[l] - row_max_value));
+        sum_lanes[r][l] *= rescale;
+        dist_lanes[r][l] *= rescale;
+      }
+      const A total = lane_total(sum_lanes[r]);
+      rows_out[row0 + r] = lane_total(dist_lanes[r]) / total;
+      lse[row0 + r] = log_sum_exp(static_cast<double>(row_max_value), total);
     }
   }
 }
@@ -116,7 +132,6 @@ void warp_loss_backward_impl(const compute_t<S>* grad_rows, const S* src, const 
                              S* grad_src, S* grad_tgt, std::int64_t batch, std::int64_t n_src, std::int64_t n_tgt,
                              std::int64_t channels, double pow, double scale, int num_threads) {
   using A = compute_t<S>;
-  using L = logit_t<S>;
   const std::int64_t padded = padded_channels<A>(channels);
   const std::int64_t src_tiles = ceil_div(n_src, kTileRows);
   const std::int64_t tgt_tiles = ceil_div(n_tgt, kTileCols);
@@ -126,6 +141,7 @@ void warp_loss_backward_impl(const compute_t<S>* grad_rows, const S* src, const 
   const A scale_a = static_cast<A>(scale);
   const A half_pow = static_cast<A>(pow / 2);
   const int threads = resolve_threads(num_threads);
+  const PackedTiles<A> packed(tgt, batch, n_tgt, channels, true, threads);
 
   std::vector<A> partial(static_cast<std::size_t>(chunks * batch * tgt_rows_padded * padded), A(0));
 
@@ -135,17 +151,17 @@ void warp_loss_backward_impl(const compute_t<S>* grad_rows, const S* src, const 
     const std::int64_t chunk = task % chunks;
     const std::int64_t tile_begin = chunk * src_tiles / chunks;
     const std::int64_t tile_end = (chunk + 1) * src_tiles / chunks;
-    const S* tgt_b = tgt + b * n_tgt * channels;
     const A* tgt_xy_b = tgt_xy + b * n_tgt * 2;
     A* grad_tgt_part = partial.data() + (chunk * batch + b) * tgt_rows_padded * padded;
 
     std::vector<A> src_tile(kTileRows * padded), grad_s(kTileRows * padded);
-    std::vector<A> tgt_rows(kTileCols * padded), tgt_t(channels * kTileCols), dlogit(kTileRows * kTileCols);
-    std::vector<L> logits(kTileRows * kTileCols);
-    L lse_hi[kTileRows], lse_lo[kTileRows];
+    std::vector<A> dlogit(kTileRows * kTileCols);
+    std::vector<A> logits(kTileRows * kTileCols);
+    A lse_hi[kTileRows], lse_lo[kTileRows];
     A row_value[kTileRows], row_grad[kTileRows];
-    A row_sum[kTileRows], row_excess[kTileRows], row_scale[kTileRows];
-    A tx[kTileCols], ty[kTileCols], dist[kTileCols];
+    A row_excess[kTileRows], row_scale[kTileRows];
+    A sum_lanes[kTileRows][kLanes], excess_lanes[kTileRows][kLanes];
+    A tx[kTileCols], ty[kTileCols];
 
     for (std::int64_t tile = tile_begin; tile < tile_end; ++tile) {
       const std::int64_t u0 = tile * kTileRows;
@@ -155,7 +171,7 @@ void warp_loss_backward_impl(const compute_t<S>* grad_rows, const S* src, const 
       load_rows(src_tile.data(), kTileRows, src + row0 * channels, nu, channels, padded, scale_a);
       std::fill(grad_s.begin(), grad_s.end(), A(0));
       for (int r = 0; r < nu; ++r) {
-        const split_lse<L> split(lse[row0 + r]);
+        const split_lse<A> split(lse[row0 + r]);
         lse_hi[r] = split.hi;
         lse_lo[r] = split.lo;
         row_value[r] = rows_in[row0 + r];
@@ -166,49 +182,46 @@ void warp_loss_backward_impl(const compute_t<S>* grad_rows, const S* src, const 
       // lse), L~_u = the forward's rows. L_u = L~_u + e_u / S_u is then the expected distance under p = P / S
       // exactly as the dense computation forms it, so d - L cancels where p is peaked.
       for (int r = 0; r < nu; ++r) {
-        row_sum[r] = A(0);
-        row_excess[r] = A(0);
+        for (int l = 0; l < kLanes; ++l) sum_lanes[r][l] = excess_lanes[r][l] = A(0);
       }
       for (std::int64_t v0 = 0; v0 < n_tgt; v0 += kTileCols) {
         const int nv = static_cast<int>(std::min<std::int64_t>(kTileCols, n_tgt - v0));
-        load_transposed(tgt_t.data(), tgt_b + v0 * channels, nv, channels, A(1));
         load_coordinates(tgt_xy_b + 2 * v0, nv, tx, ty);
-        logit_tile<S>(src_tile.data(), padded, tgt_t.data(), channels, rows, logits.data());
+        tile_logits(src_tile.data(), padded, packed.transposed_of(b, v0), channels, rows, logits.data());
         for (int r = 0; r < nu; ++r) {
-          const L* row = logits.data() + r * kTileCols;
-          distance_row<mode>(src_xy[2 * (row0 + r)], src_xy[2 * (row0 + r) + 1], tx, ty, half_pow, dist);
-          add_mass_and_excess<A, L>(row, lse_hi[r], lse_lo[r], nv, row_value[r], [&](int k) { return dist[k]; },
-                              row_sum[r], row_excess[r]);
+          const A* row = logits.data() + r * kTileCols;
+          const A sx = src_xy[2 * (row0 + r)], sy = src_xy[2 * (row0 + r) + 1];
+          add_mass_and_excess(row, lse_hi[r], lse_lo[r], nv, row_value[r],
+                              [&](int k) { return distance_to<mode>(sx, sy, tx, ty, k, half_pow); },
+                              sum_lanes[r], excess_lanes[r]);
         }
       }
       for (int r = 0; r < nu; ++r) {
-        row_scale[r] = A(1) / row_sum[r];
-        row_excess[r] *= row_scale[r];  // e_u / S_u = L_u - L~_u
+        row_scale[r] = A(1) / lane_total(sum_lanes[r]);
+        row_excess[r] = lane_total(excess_lanes[r]) * row_scale[r];  // e_u / S_u = L_u - L~_u
       }
 
       // Pass 2: dlogit_uv = g_u p_uv ((d_uv - L~_u) - e_u / S_u), element by element.
       for (std::int64_t v0 = 0; v0 < n_tgt; v0 += kTileCols) {
         const int nv = static_cast<int>(std::min<std::int64_t>(kTileCols, n_tgt - v0));
         const int tgt_rows_count = round_up(nv, kMicroRows);
-        load_rows(tgt_rows.data(), kTileCols, tgt_b + v0 * channels, nv, channels, padded, A(1));
-        load_transposed(tgt_t.data(), tgt_b + v0 * channels, nv, channels, A(1));
         load_coordinates(tgt_xy_b + 2 * v0, nv, tx, ty);
-        logit_tile<S>(src_tile.data(), padded, tgt_t.data(), channels, rows, logits.data());
+        tile_logits(src_tile.data(), padded, packed.transposed_of(b, v0), channels, rows, logits.data());
         for (int r = 0; r < nu; ++r) {
-          const L* l_row = logits.data() + r * kTileCols;
+          const A* l_row = logits.data() + r * kTileCols;
           A* row = dlogit.data() + r * kTileCols;
-          distance_row<mode>(src_xy[2 * (row0 + r)], src_xy[2 * (row0 + r) + 1], tx, ty, half_pow, dist);
+          const A sx = src_xy[2 * (row0 + r)], sy = src_xy[2 * (row0 + r) + 1];
           // row constants in locals: the vectoriser cannot prove the row stores leave them alone
-          const L hi = lse_hi[r], lo = lse_lo[r];
+          const A hi = lse_hi[r], lo = lse_lo[r];
           const A value = row_value[r], excess = row_excess[r];
           const A grad = row_grad[r] * row_scale[r];
           for (int k = 0; k < kTileCols; ++k) {
-            const A p = k < nv ? fast_exp(static_cast<A>((l_row[k] - hi) - lo)) : A(0);
-            row[k] = p * ((dist[k] - value) - excess) * grad;
+            const A p = k < nv ? softmax_exp(static_cast<A>((l_row[k] - hi) - lo)) : A(0);
+            row[k] = p * ((distance_to<mode>(sx, sy, tx, ty, k, half_pow) - value) - excess) * grad;
           }
         }
         // grad_src += dlogit @ tgt;  grad_tgt += dlogit^T @ (scale src)
-        accumulate_rows(grad_s.data(), dlogit.data(), kTileCols, 1, rows, tgt_rows.data(), nv, padded);
+        accumulate_rows(grad_s.data(), dlogit.data(), kTileCols, 1, rows, packed.rows_of(b, v0), nv, padded);
         accumulate_rows(grad_tgt_part + v0 * padded, dlogit.data(), 1, kTileCols, tgt_rows_count, src_tile.data(), nu,
                         padded);
       }

@@ -88,7 +88,8 @@ Storage storage_of(const at::Tensor& t, const char* name) {
   }
 }
 
-// float64 for float64 features, float32 otherwise (coordinates, rows, grad_rows).
+// float64 for float64 features, float32 otherwise (coordinates, rows, grad_rows): the rule of
+// dve_kernels/precision.py, accumulate_dtype.
 at::ScalarType side_dtype(const at::Tensor& features) {
   return features.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
 }
@@ -239,10 +240,36 @@ TORCH_LIBRARY_IMPL(dve_kernels, CPU, m) {
   m.impl("warp_loss_bwd", &dve_bind::warp_loss_bwd_cpu);
 }
 
-// A Python module with no functions: importing it runs the registrations above. It records which
-// instruction set the kernels use, or fails the import if DVE_KERNELS_ISA names one that cannot run.
+// fma_peak(threads, iterations) -> float32 FLOP/s of `threads` threads running independent FMA chains at
+// once, with the vector width of the kernels' instruction set (csrc/peak.h): the roofline's ceiling.
+static PyObject* fma_peak(PyObject*, PyObject* args) {
+  int threads = 1;
+  long iterations = 100000000;
+  if (!PyArg_ParseTuple(args, "|il", &threads, &iterations)) return nullptr;
+  if (threads < 1 || iterations < 1) {
+    PyErr_SetString(PyExc_ValueError, "fma_peak: threads and iterations must be >= 1");
+    return nullptr;
+  }
+  const dve_bind::KernelTable* table = dve_bind::kernels();
+  std::vector<double> rates(static_cast<std::size_t>(threads));
+  Py_BEGIN_ALLOW_THREADS
+#pragma omp parallel for num_threads(threads) schedule(static, 1)
+  for (int t = 0; t < threads; ++t) rates[static_cast<std::size_t>(t)] = table->fma_flops_per_second(iterations);
+  Py_END_ALLOW_THREADS
+  double total = 0.0;
+  for (double rate : rates) total += rate;
+  return PyFloat_FromDouble(total);
+}
+
+static PyMethodDef dve_methods[] = {
+    {"fma_peak", fma_peak, METH_VARARGS,
+     "fma_peak(threads=1, iterations=100000000) -> float32 FLOP/s of independent FMA chains on `threads` threads"},
+    {nullptr, nullptr, 0, nullptr}};
+
+// Importing the module runs the registrations above. It records which instruction set the kernels use, or
+// fails the import if DVE_KERNELS_ISA names one that cannot run.
 static PyModuleDef dve_module = {PyModuleDef_HEAD_INIT, "_C", "dve_kernels CPU kernels (the CPU implementations of torch.ops.dve_kernels.*)",
-                                 -1, nullptr};
+                                 -1, dve_methods};
 
 PyMODINIT_FUNC PyInit__C(void) {
   const dve_bind::KernelTable* table = dve_bind::select_kernels();

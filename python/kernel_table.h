@@ -29,6 +29,8 @@ struct KernelTable {
                              const void* tgt_xy, const void* rows, const void* lse, void* grad_src, void* grad_tgt,
                              std::int64_t batch, std::int64_t n, std::int64_t m, std::int64_t channels, double pow,
                              double scale, int threads);
+  // float32 FLOP/s of one thread running independent vector FMA chains for `iterations` rounds (csrc/peak.h)
+  double (*fma_flops_per_second)(long iterations);
 };
 
 // Defined in isa_generic.cpp / isa_avx2.cpp / isa_avx512.cpp. The AVX tables are null where the

@@ -5,6 +5,7 @@
 
 #include "exchange.h"
 #include "kernel_table.h"
+#include "peak.h"
 #include "warp_loss.h"
 
 namespace dve_bind {
@@ -76,7 +77,7 @@ void warp_loss_backward(Storage storage, const void* grad_rows, const void* src,
 
 const KernelTable* table(const char* isa) {
   static const KernelTable kernels{isa, &exchange_forward, &exchange_backward, &warp_loss_forward,
-                                   &warp_loss_backward};
+                                   &warp_loss_backward, &dve::fma_flops_per_second};
   return &kernels;
 }
 

@@ -17,6 +17,12 @@ int failures = 0;
 // probabilities (logits of +-1e4) some gradients are ~0 and only an absolute bound means anything.
 double error_floor = 1e-30;
 
+std::string sci(double value) {  // errors in scientific notation (std::to_string prints 1e-9 as 0.000000)
+  char text[32];
+  std::snprintf(text, sizeof(text), "%.3g", value);
+  return text;
+}
+
 void check(bool ok, const std::string& what) {
   if (!ok) {
     ++failures;
@@ -140,9 +146,9 @@ void test_exchange(const Shape& s, double scale, double tolerance, int threads, 
   const double e_out = relative_error(to_double(out_k), out);
   const double e_gq = relative_error(to_double(gq_k), grad_q);
   const double e_ga = relative_error(to_double(ga_k), grad_a);
-  check(e_out <= tolerance, label + " out err " + std::to_string(e_out));
-  check(e_gq <= tolerance, label + " grad_query err " + std::to_string(e_gq));
-  check(e_ga <= tolerance, label + " grad_aux err " + std::to_string(e_ga));
+  check(e_out <= tolerance, label + " out err " + sci(e_out));
+  check(e_gq <= tolerance, label + " grad_query err " + sci(e_gq));
+  check(e_ga <= tolerance, label + " grad_aux err " + sci(e_ga));
 
   // determinism: another thread count gives bitwise the same gradients
   std::vector<S> gq_2(nq), ga_2(na);
@@ -209,9 +215,9 @@ void test_warp_loss(const Shape& s, double pow, double scale, double tolerance, 
   const double e_rows = relative_error(rows_d, rows);
   const double e_gs = relative_error(to_double(gs_k), gs);
   const double e_gt = relative_error(to_double(gt_k), gt);
-  check(e_rows <= tolerance, label + " rows err " + std::to_string(e_rows));
-  check(e_gs <= tolerance, label + " grad_src err " + std::to_string(e_gs));
-  check(e_gt <= tolerance, label + " grad_tgt err " + std::to_string(e_gt));
+  check(e_rows <= tolerance, label + " rows err " + sci(e_rows));
+  check(e_gs <= tolerance, label + " grad_src err " + sci(e_gs));
+  check(e_gt <= tolerance, label + " grad_tgt err " + sci(e_gt));
 }
 
 void test_non_finite() {
