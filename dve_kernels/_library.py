@@ -30,7 +30,7 @@ import threading
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from .conventions import coordinate_dtype  # rows and grad_rows: float64 for float64 features, else float32
+from .precision import LSE_DTYPE, accumulate_dtype
 
 _NAMESPACE = "dve_kernels"
 SCHEMAS = {
@@ -45,7 +45,8 @@ SCHEMAS = {
 for _name, _schema in SCHEMAS.items():
     torch.library.define(f"{_NAMESPACE}::{_name}", _schema)
 
-ops = torch.ops.dve_kernels
+#: The registered ops, ``torch.ops.dve_kernels`` (not the Triton package :mod:`dve_kernels.ops`).
+dve_ops = torch.ops.dve_kernels
 BUILD_HINT = "build it with `pip install --no-build-isolation -e .` from the repository root (needs a C++ compiler)"
 
 # --------------------------------------------------------------------------------------------- implementations
@@ -131,7 +132,7 @@ def interpreting(active: bool = True):
 
 @torch.library.register_fake(f"{_NAMESPACE}::exchange_fwd")
 def _exchange_fwd_fake(query, aux, scale):
-    return query.new_empty(query.shape), query.new_empty(query.shape[:2], dtype=torch.float64)
+    return query.new_empty(query.shape), query.new_empty(query.shape[:2], dtype=LSE_DTYPE)
 
 
 @torch.library.register_fake(f"{_NAMESPACE}::exchange_bwd")
@@ -142,7 +143,7 @@ def _exchange_bwd_fake(grad_out, query, aux, out, lse, scale):
 @torch.library.register_fake(f"{_NAMESPACE}::warp_loss_fwd")
 def _warp_loss_fwd_fake(src, tgt, src_xy, tgt_xy, pow, scale):
     shape = src.shape[:2]
-    return src.new_empty(shape, dtype=coordinate_dtype(src.dtype)), src.new_empty(shape, dtype=torch.float64)
+    return src.new_empty(shape, dtype=accumulate_dtype(src.dtype)), src.new_empty(shape, dtype=LSE_DTYPE)
 
 
 @torch.library.register_fake(f"{_NAMESPACE}::warp_loss_bwd")
@@ -169,7 +170,7 @@ def _exchange_backward(ctx, grad_out, grad_lse):
         return None, None, None
     query, aux, out, lse = ctx.saved_tensors
     with interpreting(ctx.interpreted):
-        grad_query, grad_aux = ops.exchange_bwd(grad_out.contiguous(), query, aux, out, lse, ctx.scale)
+        grad_query, grad_aux = dve_ops.exchange_bwd(grad_out.contiguous(), query, aux, out, lse, ctx.scale)
     return grad_query, grad_aux, None
 
 
@@ -184,11 +185,11 @@ def _warp_loss_setup_context(ctx, inputs, output):
 
 
 def _warp_loss_backward(ctx, grad_rows, grad_lse):
-    if grad_rows is None:  # coordinates get no gradient (SPEC.md section 1)
+    if grad_rows is None:  # coordinates get no gradient (docs/contract.md section 1)
         return None, None, None, None, None, None
     src, tgt, src_xy, tgt_xy, rows, lse = ctx.saved_tensors
     with interpreting(ctx.interpreted):
-        grad_src, grad_tgt = ops.warp_loss_bwd(grad_rows.to(rows.dtype).contiguous(), src, tgt, src_xy, tgt_xy,
+        grad_src, grad_tgt = dve_ops.warp_loss_bwd(grad_rows.to(rows.dtype).contiguous(), src, tgt, src_xy, tgt_xy,
                                                rows, lse, ctx.pow, ctx.scale)
     return grad_src, grad_tgt, None, None, None, None
 

@@ -1,4 +1,4 @@
-"""Input validation, in one place, before any backend runs (SPEC.md section 4).
+"""Input validation, in one place, before any backend runs (docs/contract.md section 4).
 
 Every error names the argument, what was expected and what was given.
 Shape errors are ``ValueError``; wrong types and dtypes are ``TypeError``.
@@ -74,12 +74,13 @@ def check_choice(name: str, value, choices) -> str:
     return value
 
 
-def check_channels(name: str, t: torch.Tensor, backend: str) -> None:
+def check_channels(name: str, t: torch.Tensor, backend: str, channel_dim: int = -1) -> None:
     """C <= 256 where the Triton kernels would run (every channel pad they can pick is compiled and checked)."""
     triton = backend == "triton" or (backend == "auto" and t.device.type == "cuda")
-    if triton and t.shape[-1] > TRITON_MAX_CHANNELS:
+    if triton and t.shape[channel_dim] > TRITON_MAX_CHANNELS:
         raise ValueError(f"{name}: the Triton kernels support C <= {TRITON_MAX_CHANNELS} channels, got C = "
-                         f"{t.shape[-1]} (shape {tuple(t.shape)}); use backend='cpu' (CPU tensors) or 'reference'")
+                         f"{t.shape[channel_dim]} (shape {tuple(t.shape)}); use backend='cpu' (CPU tensors) or "
+                         f"'reference'")
 
 
 def check_exchange(query, aux, scale, backend) -> float:
@@ -142,9 +143,19 @@ def check_feats_and_grid(feats, grid, *, grid_name: str = "meta['grid']") -> tor
     check_dim(grid_name, grid, 0, batch, "batch size B = feats.shape[0] // 2", "(B, H_in, W_in, 2)")
     check_dim(grid_name, grid, 3, 2, "2 coordinates (x, y)", "(B, H_in, W_in, 2)")
     height_in, width_in = grid.shape[1:3]
+
+    def fits(h, w):
+        stride = height_in // h
+        return stride >= 1 and len(range(0, height_in, stride)) == h and len(range(0, width_in, stride)) == w
+
     stride = height_in // height
-    fits = stride >= 1 and len(range(0, height_in, stride)) == height and len(range(0, width_in, stride)) == width
-    if not fits:
+    if not fits(height, width):
+        if fits(feats.shape[1], feats.shape[2]):  # the grid fits dims 1 and 2: (2B, H, W, C) given for (2B, C, H, W)
+            raise ValueError(
+                f"feats: expected the layout (2B, C, H, W), got shape {tuple(feats.shape)}, which looks like "
+                f"(2B, H, W, C) = channels last, as the grid {tuple(grid.shape)} fits H x W = "
+                f"{feats.shape[1]} x {feats.shape[2]}; pass feats.permute(0, 3, 1, 2) (a channels_last memory "
+                f"format of a (2B, C, H, W) tensor is fine)")
         raise ValueError(
             f"{grid_name}: a grid of shape {tuple(grid.shape)} does not fit feature maps of size {height}x{width}: "
             f"with stride = H_in // H = {stride} the grid must sub-sample to exactly H x W "
@@ -160,9 +171,14 @@ def check_meta(meta) -> torch.Tensor:
     return meta["grid"]
 
 
-def check_num_aux(num_aux, batch: int) -> int:
+def check_num_aux(num_aux, batch: int | None = None) -> int:
+    """An int ``num_aux >= 1``, and at most ``max(1, B - 1)`` when the batch size ``B`` is known."""
     if isinstance(num_aux, bool) or not isinstance(num_aux, numbers.Integral):
         raise TypeError(f"num_aux: expected an int, got {type(num_aux).__name__} ({num_aux!r})")
+    if batch is None:
+        if num_aux < 1:
+            raise ValueError(f"num_aux: expected an int >= 1 auxiliary images, got {num_aux}")
+        return int(num_aux)
     limit = max(1, batch - 1)
     if not 1 <= num_aux <= limit:
         raise ValueError(f"num_aux: expected 1 <= num_aux <= max(1, B - 1) = {limit} auxiliary images "

@@ -12,28 +12,28 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from . import _validation as v
-from . import functional
-from .conventions import compute_dtype, coordinate_dtype, gather_auxiliary, prepare_pairs, unpack_feats
+from . import _validation as validation
+from . import functional, reference
+from .conventions import gather_auxiliary, prepare_pairs
+from .precision import accumulate_dtype, kernel_dtype
 
 
 def _loss(feats, grid, pow, normalize_vectors, dve, num_aux, backend, grid_name="meta['grid']"):
-    """The loss of the original's ``(feats, grid)``: validated, unpacked, (exchanged,) matched. The fused backends
-    compute wider than the features (float32 in float64, 16-bit in float32:
-    :func:`~dve_kernels.conventions.compute_dtype`) and round the loss once; the dense one (``"reference"``)
-    computes in the features' dtype, as the original does."""
-    v.check_feats_and_grid(feats, grid, grid_name=grid_name)
-    v.check_real("pow", pow, positive=True)
-    v.check_choice("backend", backend, v.BACKENDS)
-    feats = unpack_feats(feats)
-    dense = functional.resolve_backend(backend, feats.device) == functional._DENSE
-    dtype = feats.dtype if dense else compute_dtype(feats.dtype)
-    src, tgt, src_xy, tgt_xy = prepare_pairs(feats, grid, normalize_vectors, dtype)
+    """The loss of the original's ``(feats, grid)``: validated and resolved once, here; then unpacked and
+    normalised (in float64, rounded once to the kernels' dtype: :mod:`dve_kernels.precision`), exchanged when
+    ``dve``, matched. Every backend computes in the features' dtype."""
+    feats = validation.check_feats_and_grid(feats, grid, grid_name=grid_name)
+    pow = validation.check_real("pow", pow, positive=True)
+    validation.check_choice("backend", backend, validation.BACKENDS)
+    validation.check_channels("feats", feats, backend, channel_dim=1)
     if dve:
-        num_aux = v.check_num_aux(num_aux, src.shape[0])
-        src = functional.exchange(src, gather_auxiliary(src, num_aux), backend=backend)
-    loss = functional.warp_loss(src, tgt, src_xy, tgt_xy, pow=pow, reduction="mean", backend=backend)
-    return loss.to(coordinate_dtype(feats.dtype))
+        num_aux = validation.check_num_aux(num_aux, feats.shape[0] // 2)
+    backend = functional.resolve_backend(backend, feats.device)
+    src, tgt, src_xy, tgt_xy = prepare_pairs(feats, grid, normalize_vectors, kernel_dtype(feats.dtype, backend))
+    if dve:
+        src = functional.exchange_resolved(src, gather_auxiliary(src, num_aux), 1.0, backend)
+    rows = functional.warp_loss_rows_resolved(src, tgt, src_xy, tgt_xy, pow, 1.0, backend)
+    return reference.reduce_rows(rows, "mean").to(accumulate_dtype(feats.dtype))
 
 
 def dense_correlation_loss(feats, meta, pow=0.5, fold_corr=False, normalize_vectors=True, *, backend="auto"):
@@ -52,7 +52,7 @@ def dense_correlation_loss(feats, meta, pow=0.5, fold_corr=False, normalize_vect
     Returns:
         A scalar: the mean over pairs and source pixels (the original's division by ``B·H·W``).
     """
-    return _loss(feats, v.check_meta(meta), pow, normalize_vectors, False, 1, backend)
+    return _loss(feats, validation.check_meta(meta), pow, normalize_vectors, False, 1, backend)
 
 
 def dense_correlation_loss_dve(feats, meta, pow=0.5, fold_corr=False, normalize_vectors=True, *, num_aux=1,
@@ -66,7 +66,7 @@ def dense_correlation_loss_dve(feats, meta, pow=0.5, fold_corr=False, normalize_
     Returns:
         A scalar, the same value as the original's ``dense_correlation_loss_evc``.
     """
-    return _loss(feats, v.check_meta(meta), pow, normalize_vectors, True, num_aux, backend)
+    return _loss(feats, validation.check_meta(meta), pow, normalize_vectors, True, num_aux, backend)
 
 
 class DVELoss(nn.Module):
@@ -85,13 +85,11 @@ class DVELoss(nn.Module):
     def __init__(self, pow: float = 0.5, normalize_vectors: bool = True, dve: bool = True, num_aux: int = 1,
                  backend: str = "auto"):
         super().__init__()
-        self.pow = v.check_real("pow", pow, positive=True)
+        self.pow = validation.check_real("pow", pow, positive=True)
         self.normalize_vectors = bool(normalize_vectors)
         self.dve = bool(dve)
-        if isinstance(num_aux, bool) or not isinstance(num_aux, int) or num_aux < 1:
-            raise ValueError(f"num_aux: expected an int >= 1, got {num_aux!r}")
-        self.num_aux = num_aux
-        self.backend = v.check_choice("backend", backend, v.BACKENDS)
+        self.num_aux = validation.check_num_aux(num_aux)  # against the batch size at each call
+        self.backend = validation.check_choice("backend", backend, validation.BACKENDS)
 
     def forward(self, feats, grid: torch.Tensor) -> torch.Tensor:
         return _loss(feats, grid, self.pow, self.normalize_vectors, self.dve, self.num_aux, self.backend,

@@ -3,7 +3,7 @@
 Everything here is ``O(B·(N + M)·C)`` in memory: these helpers turn the original's
 ``(feats, meta)`` arguments into the flat tensors that the fused ops take, so that
 the dense reference (``dve_kernels.reference``) and the fused paths (``dve_kernels.compat``)
-share one statement of the conventions (SPEC.md section 2):
+share one statement of the conventions (docs/contract.md section 2):
 
 - pairs are interleaved: ``x = feats[0::2]``, ``x' = feats[1::2]``;
 - ``grid`` is normalised ``(x, y)`` in ``[-1, 1]``, align-corners:
@@ -21,6 +21,8 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
+from .precision import WIDE, accumulate_dtype
+
 #: The original repository multiplies every L2-normalised embedding by this constant.
 NORMALIZED_NORM = 20.0
 
@@ -30,28 +32,6 @@ def unpack_feats(feats) -> torch.Tensor:
     if isinstance(feats, (tuple, list)):
         return feats[0]
     return feats
-
-
-def coordinate_dtype(dtype: torch.dtype) -> torch.dtype:
-    """Pixel coordinates are float64 for float64 embeddings and float32 otherwise (also for fp16/bf16)."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-def compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    """The dtype in which the drop-in losses of ``compat`` compute on the fused backends, for features of
-    ``dtype``: float64 for float32, float32 for float16 / bfloat16, float64 for float64.
-
-    Why wider: SPEC.md promises that every gradient is no further from float64 than twice the dense computation's
-    error in the same dtype, on every input. Once the normalised embeddings are rounded to the features' dtype,
-    even the *exact* gradient of those rounded values misses that bound on some inputs, because the dense
-    computation, rounded just as coarsely, is lucky there: on the seed sweep's inputs (tests/test_ops_sweeps.py)
-    about 2 % in float32 (up to 5.8x) and 10 % in float16 / bfloat16 (up to 32x: 16-bit rounding moves a logit
-    of ~400 by about one unit). No pipeline that rounds them can keep the promise; computed wider, the only
-    rounding left is the result's. Costs, measured and modelled, are in the README (float32 kernels already keep
-    their logits in float64); the extra memory is ``O(B·(N + M)·C)``. The ops (``exchange``, ``warp_loss``)
-    compute in their inputs' dtype: compose them for 16-bit tensor-core speed.
-    """
-    return torch.float64 if dtype in (torch.float32, torch.float64) else torch.float32
 
 
 def grid_stride(grid_hw: Sequence[int], feat_hw: Sequence[int]) -> int:
@@ -97,7 +77,7 @@ NORMALIZE_CHUNK = 8192
 
 
 class _Normalize(torch.autograd.Function):
-    """``20 · x / ||x||`` over the last axis, computed in float64 and returned in ``out_dtype`` (rounded once
+    """``20 · x / ||x||`` over the last axis, computed in float64 (precision.WIDE) and returned in ``out_dtype`` (rounded once
     if narrower), in chunks of rows, saving only ``x`` and the ``(..., 1)`` norms: no float64 copy of ``x`` is
     ever whole or kept for the backward."""
 
@@ -105,9 +85,9 @@ class _Normalize(torch.autograd.Function):
     def forward(ctx, x, out_dtype):
         rows = x.reshape(-1, x.shape[-1])
         out = torch.empty(rows.shape, dtype=out_dtype, device=x.device)
-        norm = torch.empty((rows.shape[0], 1), dtype=torch.float64, device=x.device)
+        norm = torch.empty((rows.shape[0], 1), dtype=WIDE, device=x.device)
         for start in range(0, rows.shape[0], NORMALIZE_CHUNK):
-            part = rows[start:start + NORMALIZE_CHUNK].double()
+            part = rows[start:start + NORMALIZE_CHUNK].to(WIDE)
             n = torch.linalg.vector_norm(part, dim=-1, keepdim=True).clamp_min(1e-12)  # F.normalize's eps
             norm[start:start + NORMALIZE_CHUNK] = n
             out[start:start + NORMALIZE_CHUNK] = part * (NORMALIZED_NORM / n)
@@ -121,8 +101,8 @@ class _Normalize(torch.autograd.Function):
         out = torch.empty_like(rows)
         for start in range(0, rows.shape[0], NORMALIZE_CHUNK):
             n = norm[start:start + NORMALIZE_CHUNK]
-            unit = rows[start:start + NORMALIZE_CHUNK].double() / n
-            g = grads[start:start + NORMALIZE_CHUNK].double()
+            unit = rows[start:start + NORMALIZE_CHUNK].to(WIDE) / n
+            g = grads[start:start + NORMALIZE_CHUNK].to(WIDE)
             # d(20 x/|x|) = 20/|x| (I - u u^T): the radial part of the upstream gradient removed
             out[start:start + NORMALIZE_CHUNK] = (g - unit * (unit * g).sum(-1, keepdim=True)) * (NORMALIZED_NORM / n)
         return out.reshape(x.shape), None
@@ -131,14 +111,15 @@ class _Normalize(torch.autograd.Function):
 def normalize_embeddings(x: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
     """L2-normalise over the last (channel) axis and multiply by 20, as ``F.normalize(f, dim=0) * 20``.
 
-    Computed in float64 and returned in ``dtype`` (default: ``x``'s), rounded at most once. Normalising in
+    Computed in float64 (:data:`~dve_kernels.precision.WIDE`, a cheap ``O(N·C)`` step) and returned in ``dtype``
+    (default: ``x``'s), rounded at most once. Normalising in
     float32 leaves each vector's norm off by ~1e-7, which scales every logit of its row (~400) by as much: with a
     peaked softmax that moved the DVE gradient by ~3e-5 of its max-norm, eight times the whole dense float32
     computation's error on some inputs. The float64 copies are temporary: only ``x`` and the norms are saved for
     the backward.
     """
     dtype = x.dtype if dtype is None else dtype
-    if x.dtype == torch.float64:
+    if x.dtype == WIDE:
         return (F.normalize(x, p=2, dim=-1) * NORMALIZED_NORM).to(dtype)
     return _Normalize.apply(x, dtype)
 
@@ -164,7 +145,7 @@ def prepare_pairs(feats, grid: torch.Tensor, normalize_vectors: bool, dtype: tor
 
     Returns:
         ``src`` ``(B, N, C)``, ``tgt`` ``(B, M, C)`` (normalised x20 when asked) in ``dtype`` (default: the
-        features'; see :func:`compute_dtype`), ``src_xy`` ``(B, N, 2)`` and ``tgt_xy`` ``(M, 2)`` in input pixels.
+        features'; see :func:`dve_kernels.precision.kernel_dtype`), ``src_xy`` ``(B, N, 2)`` and ``tgt_xy`` ``(M, 2)`` in input pixels.
     """
     feats = unpack_feats(feats)
     dtype = feats.dtype if dtype is None else dtype
@@ -176,5 +157,5 @@ def prepare_pairs(feats, grid: torch.Tensor, normalize_vectors: bool, dtype: tor
         tgt = normalize_embeddings(tgt, dtype)
     else:
         src, tgt = src.to(dtype), tgt.to(dtype)
-    src_xy, tgt_xy = grid_coordinates(grid, feats.shape[-2:], coordinate_dtype(dtype))
+    src_xy, tgt_xy = grid_coordinates(grid, feats.shape[-2:], accumulate_dtype(dtype))
     return src, tgt, src_xy, tgt_xy

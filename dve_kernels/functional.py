@@ -8,27 +8,24 @@ functions down to the ops is plain tensor code, so ``torch.compile(fullgraph=Tru
 
 from __future__ import annotations
 
-import os
 import sys
 import warnings
 
 import torch
 
 from . import _library
-from . import _validation as v
+from ._env import triton_interpreter_requested
+from . import _validation as validation
 from . import reference
-from .conventions import coordinate_dtype
+from .precision import accumulate_dtype
 
 BUILD_HINT = _library.BUILD_HINT
-_FUSED, _INTERPRETED, _DENSE = "fused", "interpreted", "dense"
+#: The concrete backends that ``backend="auto"`` resolves to (docs/contract.md section 3).
+RESOLVED_BACKENDS = ("cpu", "triton", "reference")
 
 
 class BackendUnavailableError(RuntimeError):
     """The backend that was asked for cannot run here; the message says why and what to do."""
-
-
-def _triton_interpreter_on() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
 def cpu_extension_available() -> bool:
@@ -56,57 +53,85 @@ def _load_triton() -> None:
 
 
 def resolve_backend(backend: str, device: torch.device) -> str:
-    """How ``backend`` runs on ``device``: ``"fused"`` (the ops' own kernel for the device), ``"interpreted"``
-    (the Triton kernels in Triton's interpreter) or ``"dense"``; a :class:`BackendUnavailableError` says why not."""
+    """The concrete backend that runs ``backend`` on ``device``: "cpu" (the C++ kernels), "triton" (the Triton
+    kernels: CUDA tensors, or CPU tensors in Triton's interpreter, see :func:`interpreted`) or "reference" (dense);
+    a :class:`BackendUnavailableError` says why it cannot run. Meta tensors (shapes only) resolve to a fused
+    backend, whose ops run their fake kernels (memory estimates without computing)."""
     if backend == "reference":
-        return _DENSE
-    if device.type == "meta":  # shapes only: the ops' fake kernels (memory estimates without computing)
-        return _FUSED
+        return "reference"
+    if device.type == "meta":
+        return "triton" if backend == "triton" else "cpu"
     if backend == "auto":
         if device.type == "cuda":
             _load_triton()
-            return _FUSED
-        if device.type == "cpu":
-            if _library.CPU_KERNELS:
-                return _FUSED
-            _warn_fallback()
-        return _DENSE
+            return "triton"
+        if device.type == "cpu" and _library.CPU_KERNELS:
+            return "cpu"
+        _warn_fallback()
+        return "reference"
     if backend == "triton":
         if device.type == "cuda":
             _load_triton()
-            return _FUSED
-        if not (device.type == "cpu" and _triton_interpreter_on()):
+            return "triton"
+        if not (device.type == "cpu" and triton_interpreter_requested()):
             raise BackendUnavailableError(
                 f"backend='triton' runs CUDA tensors, got tensors on {device}; CPU tensors run only under the Triton "
                 f"interpreter (set TRITON_INTERPRET=1 before triton is imported)"
             )
-        if "triton" in sys.modules and not _interpreter_active():
+        if "triton" in sys.modules and not triton_interpreter_active():
             raise BackendUnavailableError("TRITON_INTERPRET=1 must be set before triton is imported")
         _load_triton()
-        return _INTERPRETED
+        return "triton"
     if device.type != "cpu":
         raise BackendUnavailableError(f"backend='cpu' runs CPU tensors, got tensors on {device}")
     if not _library.CPU_KERNELS:
         raise BackendUnavailableError(f"backend='cpu' needs the compiled C++ kernels: {_library.CPU_KERNELS_ERROR}; "
                                       + BUILD_HINT)
-    return _FUSED
+    return "cpu"
 
 
-def _interpreter_active() -> bool:
-    """Whether the imported triton runs kernels in its interpreter (TRITON_INTERPRET was set before its import)."""
+def triton_interpreter_active() -> bool:
+    """Whether the imported Triton runs kernels in its interpreter (TRITON_INTERPRET was set before its import);
+    False when Triton is not imported or not installed."""
+    if "triton" not in sys.modules:
+        return False
     try:
-        from triton.runtime.interpreter import InterpretedFunction  # noqa: PLC0415
-        from .ops._tiles import _join_scalar  # noqa: PLC0415
+        from .ops import interpreter_active  # noqa: PLC0415  (imports Triton's kernels: only once Triton is in)
     except ImportError:
         return False
-    return isinstance(_join_scalar, InterpretedFunction)
+    return interpreter_active()
+
+
+def _run_ops(backend: str, device: torch.device):
+    """The context the ops run in: Triton's interpreter for ``"triton"`` on CPU tensors, else nothing."""
+    return _library.interpreting(backend == "triton" and device.type == "cpu")
 
 
 def _batched_coordinates(xy: torch.Tensor, batch: int, dtype: torch.dtype) -> torch.Tensor:
-    xy = xy.to(coordinate_dtype(dtype))
+    xy = xy.to(accumulate_dtype(dtype))
     if xy.dim() == 2:
         xy = xy.unsqueeze(0).expand(batch, -1, -1)
     return xy.contiguous()
+
+
+def exchange_resolved(query: torch.Tensor, aux: torch.Tensor, scale: float, backend: str) -> torch.Tensor:
+    """:func:`exchange` for validated inputs and a resolved ``backend`` (see :func:`resolve_backend`)."""
+    if backend == "reference":
+        return reference.exchange_rows(query, aux, scale)
+    with _run_ops(backend, query.device):
+        return _library.dve_ops.exchange_fwd(query, aux, scale)[0]
+
+
+def warp_loss_rows_resolved(src: torch.Tensor, tgt: torch.Tensor, src_xy: torch.Tensor, tgt_xy: torch.Tensor,
+                            pow: float, scale: float, backend: str) -> torch.Tensor:
+    """The ``(B, N)`` expected distances of :func:`warp_loss` for validated inputs and a resolved ``backend``."""
+    batch = src.shape[0]
+    src_xy = _batched_coordinates(src_xy, batch, src.dtype)
+    tgt_xy = _batched_coordinates(tgt_xy, batch, src.dtype)
+    if backend == "reference":
+        return reference.warp_loss_rows(src, tgt, src_xy, tgt_xy, pow, scale)
+    with _run_ops(backend, src.device):
+        return _library.dve_ops.warp_loss_fwd(src, tgt, src_xy, tgt_xy, pow, scale)[0]
 
 
 def exchange(query: torch.Tensor, aux: torch.Tensor, *, scale: float = 1.0, backend: str = "auto") -> torch.Tensor:
@@ -123,14 +148,8 @@ def exchange(query: torch.Tensor, aux: torch.Tensor, *, scale: float = 1.0, back
     Returns:
         ``(B, N, C)``, the reconstruction, in the dtype of ``query``. Differentiable in ``query`` and ``aux``.
     """
-    scale = v.check_exchange(query, aux, scale, backend)
-    how = resolve_backend(backend, query.device)
-    if how == _DENSE:
-        return reference.exchange_rows(query, aux, scale)
-    if how == _INTERPRETED:
-        with _library.interpreting():
-            return _library.ops.exchange_fwd(query, aux, scale)[0]
-    return _library.ops.exchange_fwd(query, aux, scale)[0]
+    scale = validation.check_exchange(query, aux, scale, backend)
+    return exchange_resolved(query, aux, scale, resolve_backend(backend, query.device))
 
 
 def warp_loss(src: torch.Tensor, tgt: torch.Tensor, src_xy: torch.Tensor, tgt_xy: torch.Tensor, *,
@@ -153,16 +172,6 @@ def warp_loss(src: torch.Tensor, tgt: torch.Tensor, src_xy: torch.Tensor, tgt_xy
     Returns:
         A scalar for ``"mean"``/``"sum"``, ``(B, N)`` for ``"none"``; float32 (float64 for float64 inputs).
     """
-    pow, scale = v.check_warp_loss(src, tgt, src_xy, tgt_xy, pow, scale, reduction, backend)
-    how = resolve_backend(backend, src.device)
-    batch = src.shape[0]
-    src_xy = _batched_coordinates(src_xy, batch, src.dtype)
-    tgt_xy = _batched_coordinates(tgt_xy, batch, src.dtype)
-    if how == _DENSE:
-        rows = reference.warp_loss_rows(src, tgt, src_xy, tgt_xy, pow, scale)
-    elif how == _INTERPRETED:
-        with _library.interpreting():
-            rows = _library.ops.warp_loss_fwd(src, tgt, src_xy, tgt_xy, pow, scale)[0]
-    else:
-        rows = _library.ops.warp_loss_fwd(src, tgt, src_xy, tgt_xy, pow, scale)[0]
+    pow, scale = validation.check_warp_loss(src, tgt, src_xy, tgt_xy, pow, scale, reduction, backend)
+    rows = warp_loss_rows_resolved(src, tgt, src_xy, tgt_xy, pow, scale, resolve_backend(backend, src.device))
     return reference.reduce_rows(rows, reduction)

@@ -3,7 +3,7 @@
 :class:`AllocationRecorder` sees every tensor that an ATen or custom op returns (in forward and in backward, on any
 device, the ``meta`` device included) and keeps:
 
-- ``largest_numel``: the most elements any one tensor had (the SPEC's test: no tensor reaches ``N·M``);
+- ``largest_numel``: the most elements any one tensor had (docs/contract.md section 4's test: no tensor reaches ``N·M``);
 - ``peak_bytes``: the peak of the bytes held by live tensor storages created inside the recorder;
 - ``records``: ``(op name, shape)`` of every output, for error messages.
 

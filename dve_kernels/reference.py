@@ -1,4 +1,4 @@
-"""Dense PyTorch implementations: SPEC.md sections 1-3 in code.
+"""Dense PyTorch implementations: docs/contract.md sections 1-3 in code.
 
 These build the full ``N x M`` matching matrices, exactly like the original DVE repository
 (batched instead of a Python loop over pairs), and serve as the reference every fused backend is
@@ -11,7 +11,8 @@ from __future__ import annotations
 import torch
 
 from . import _validation as v
-from .conventions import coordinate_dtype, gather_auxiliary, prepare_pairs
+from .conventions import gather_auxiliary, prepare_pairs
+from .precision import accumulate_dtype
 
 
 def _check_backend(backend) -> None:
@@ -57,7 +58,7 @@ def warp_loss_rows(src, tgt, src_xy, tgt_xy, pow: float, scale: float) -> torch.
     probabilities = torch.softmax(logits, dim=-1)
     # Distances and the expectation in float32 at least (float64 for float64 features), as every fused backend
     # returns them: a 16-bit distance overflows (pow = 2 beyond 256 px in float16).
-    side = coordinate_dtype(src.dtype)
+    side = accumulate_dtype(src.dtype)
     distances = pairwise_distances(src_xy.to(side), tgt_xy.to(side), pow)
     return (probabilities.to(side) * distances).sum(-1)
 

@@ -13,11 +13,11 @@ This is the transformation family of the DVE paper (section 4.1, the random TPS 
   first warp's *TPS* spreads (``warpsd_all``, ``warpsd_subset``) are multiplied by ``im1_multiplier`` (0.5) and
   its affine spreads are not; the second warp uses the spreads as given. With the defaults: warp 1 draws
   (warpsd_all, warpsd_subset, transsd, scalesd, rotsd) = (0.0005, 0.005, 0.1, 0.1, 5°), warp 2
-  (0.001, 0.01, 0.1, 0.1, 5°) (SPEC.md section 2);
+  (0.001, 0.01, 0.1, 0.1, 5°) (docs/contract.md section 2);
 - the crop: both images lose ``crop`` pixels on every side *after* warping (so no black borders are seen),
   and the grid is re-expressed in the cropped frame.
 
-Grid convention (SPEC.md section 2): ``grid`` is ``(B, H, W, 2)`` normalised ``(x, y)`` in ``[-1, 1]`` with
+Grid convention (docs/contract.md section 2): ``grid`` is ``(B, H, W, 2)`` normalised ``(x, y)`` in ``[-1, 1]`` with
 align-corners, ``pixel = (g + 1) / 2 · (W - 1)``; for each pixel of ``x`` it says where that pixel lies in ``x'``,
 so ``x == grid_sample(x', grid, align_corners=True)`` wherever the sample falls inside ``x'``.
 
@@ -33,6 +33,8 @@ from typing import Optional
 
 import torch
 import torch.nn.functional as F
+
+from .precision import accumulate_dtype
 
 __all__ = [
     "TPSWarper",
@@ -283,7 +285,7 @@ class TPSWarper:
         weights1 = self.sample_weights(batch, generator, first=True)
         weights2 = self.sample_weights(batch, generator, first=False)
         # Grids are computed in float32 (float64 for float64 images) where the images are.
-        coord_dtype = torch.float64 if images.dtype == torch.float64 else torch.float32
+        coord_dtype = accumulate_dtype(images.dtype)
         w1 = weights1.to(device=device, dtype=coord_dtype)
         w2 = weights2.to(device=device, dtype=coord_dtype)
         control, basis = self._basis(height, width, device, coord_dtype)
