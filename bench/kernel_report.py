@@ -44,6 +44,7 @@ import subprocess
 import sys
 import tempfile
 from concurrent.futures import ProcessPoolExecutor
+from dve_kernels._env import triton_interpreter_requested
 
 OUT_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "static")
 CALIBRATION_PATH = os.path.join(OUT_DIR, "calibration.json")
@@ -241,7 +242,7 @@ def _worker(args) -> dict:
 def build(archs=(80, 90), name_filter: str = "", jobs: int = os.cpu_count() or 1, ragged: bool = False) -> list[dict]:
     """Compile and analyse the specialisations whose name contains ``name_filter``: the ``EVEN_C`` ones (C a power
     of two from 16 on, the fast path the performance targets are about), plus the ``_ragged`` twins if asked."""
-    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+    if triton_interpreter_requested():
         raise RuntimeError("unset TRITON_INTERPRET: interpreted kernels cannot be compiled")
     from dve_kernels.ops import kernel_specializations
 
@@ -378,7 +379,7 @@ def main(argv=None) -> int:
     parser.add_argument("--merge", action="store_true",
                         help="replace (or add) only the compiled rows in OUT/kernel_report.json, keep the others")
     args = parser.parse_args(argv)
-    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+    if triton_interpreter_requested():
         parser.error("unset TRITON_INTERPRET: interpreted kernels cannot be compiled")
     calibration = calibrate(os.path.join(args.out, "calibration.json")) if args.calibrate else \
         load_calibration(os.path.join(args.out, "calibration.json"))

@@ -6,7 +6,7 @@ say; that module registers them as the ops' CUDA kernels, and routes CPU tensors
 interpreter (``TRITON_INTERPRET=1``, set before ``triton`` is imported) for ``backend="triton"``.
 """
 
-from ._launch import LaunchConfig, Specialization, channel_pad, launch_config
+from ._launch import LaunchConfig, Specialization, channel_pad, interpreter_active, launch_config
 from .exchange import exchange_backward, exchange_forward, exchange_specializations
 from .warp_loss import warp_loss_backward, warp_loss_forward, warp_loss_specializations
 
@@ -24,5 +24,5 @@ def kernel_specializations() -> list:
 
 __all__ = [
     "LaunchConfig", "Specialization", "channel_pad", "exchange_backward", "exchange_forward",
-    "kernel_specializations", "launch_config", "warp_loss_backward", "warp_loss_forward",
+    "interpreter_active", "kernel_specializations", "launch_config", "warp_loss_backward", "warp_loss_forward",
 ]

@@ -23,6 +23,7 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
+from .._env import triton_interpreter_requested
 
 # shared memory per block an architecture allows (opt-in maximum), bytes
 SHARED_MEMORY_LIMIT = {80: 164 * 1024, 90: 227 * 1024}
@@ -115,7 +116,7 @@ def main(argv=None) -> int:
     parser.add_argument("--match", default="", help="compile only names this regular expression finds")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     args = parser.parse_args(argv)
-    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+    if triton_interpreter_requested():
         print("unset TRITON_INTERPRET: interpreted kernels cannot be compiled", file=sys.stderr)
         return 2
     from dve_kernels.ops import kernel_specializations  # noqa: PLC0415

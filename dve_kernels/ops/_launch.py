@@ -7,13 +7,14 @@ launchers and the AOT list build their compile-time arguments with the same :fun
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 
 import torch
 import triton
 
+from .. import precision
 from .._validation import TRITON_MAX_CHANNELS
+from .._env import triton_interpreter_requested
 
 # Every launch pads the channel count to one of these (tl.dot needs K >= 16 and power-of-two blocks).
 # Validation refuses more channels than the largest pad (one number, in dve_kernels/_validation.py).
@@ -21,6 +22,21 @@ MAX_CHANNELS = TRITON_MAX_CHANNELS
 CHANNEL_PADS = tuple(16 << k for k in range(8) if 16 << k <= MAX_CHANNELS)  # (16, 32, 64, 128, 256)
 # Feature dtypes the kernels accept; float64 accumulates in float64, the others in float32.
 FEATURE_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+# The dot algorithms a launch can pick per feature dtype (constexpr DOT, see dve_kernels/precision.py): float32 has
+# IEEE FMA dots (torch.get_float32_matmul_precision() == "highest", the default) and single-pass TF32 ("high",
+# "medium"); the others take "ieee" (ignored by 16-bit tensor-core dots; float64 has only FMA dots).
+DTYPE_DOTS = tuple((dtype, dot) for dtype in FEATURE_DTYPES
+                   for dot in (("ieee", "tf32") if dtype == torch.float32 else ("ieee",)))
+
+
+def dot_algorithm(dtype: torch.dtype) -> str:
+    """The constexpr DOT of a launch on features of ``dtype`` (see DTYPE_DOTS)."""
+    return precision.float32_dot() if dtype == torch.float32 else "ieee"
+
+
+def dot_suffix(dot: str) -> str:
+    """The kernel-name suffix of a dot algorithm: none for IEEE, ``_tf32`` otherwise."""
+    return "" if dot == "ieee" else f"_{dot}"
 # Distance powers with their own code path (constexpr POW_MODE); anything else is POW_GENERAL.
 POW_FOURTH_ROOT, POW_SQRT, POW_SQUARE, POW_GENERAL = 0, 1, 2, 3
 POW_MODES = (POW_FOURTH_ROOT, POW_SQRT, POW_SQUARE, POW_GENERAL)
@@ -34,6 +50,19 @@ FP_FUSION = True
 # C_PAD 128 on sm_80: 24 bytes at 128 registers, none at 148 with the limit). 16-bit launches keep ptxas's own
 # choice: with the limit, the three-tile warp-loss forward spilled on sm_80 (116 bytes at 255; none at 183 without).
 MAX_REGISTERS = 255
+
+
+@triton.jit
+def _interpreter_probe():
+    pass
+
+
+def interpreter_active() -> bool:
+    """Whether this Triton runs kernels in its interpreter (TRITON_INTERPRET was set before triton's import):
+    then ``triton.jit`` makes interpreted functions."""
+    from triton.runtime.interpreter import InterpretedFunction  # noqa: PLC0415
+
+    return isinstance(_interpreter_probe, InterpretedFunction)
 
 
 @dataclass(frozen=True)
@@ -76,7 +105,7 @@ def launch_config(pass_name: str, c_pad: int, dtype: torch.dtype, even_c: bool =
     16-bit data runs its dots on tensor cores with whole register tiles, as FlashAttention-2 does: the
     start is the Triton tutorial's 128 x 64 tiles at head dimension 64, then rows are halved as C_PAD
     grows and warps doubled where a BLOCK x C_PAD float32 accumulator would pass ~64 registers per
-    thread. 32/64-bit data runs FMA dots (float32 must stay IEEE, SPEC.md section 4): small tiles
+    thread. 32/64-bit data runs FMA dots (float32 must stay IEEE, docs/contract.md section 4): small tiles
     and K_CHUNK-channel slices of the logit dot, because an FMA dot keeps every channel of its operand
     rows in registers (32 x 32 tiles spilled from C_PAD = 16 on in float32, 16 x 16 did not; float64
     needs 8 warps from C_PAD = 64 on). Every result is compiled for sm_80 and sm_90 by
@@ -129,7 +158,7 @@ def launch_config(pass_name: str, c_pad: int, dtype: torch.dtype, even_c: bool =
     # 32/64-bit: one configuration for forward and backward of an op, so that both compute every logit
     # with the same expression on the same tile shape and get bitwise the same value: then a row whose
     # softmax is one-hot in float32 gets P = exp2(logit - lse) = 1.0 exactly in the backward, and its
-    # gradient cancels exactly, as in the dense computation (SPEC.md: logits of 1e4).
+    # gradient cancels exactly, as in the dense computation (docs/contract.md: logits of 1e4).
     # (the warp-loss forward has no accumulator tile: 4 warps whatever C_PAD; with 8, ptxas capped it at
     # 64 registers per thread and spilled on sm_80)
     num_warps = 4 if c_pad * itemsize <= 256 or pass_name == "warp_fwd" else 8
@@ -167,16 +196,11 @@ def triton_type(dtype: torch.dtype) -> str:
     return {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16", torch.float64: "fp64"}[dtype]
 
 
-def accumulator_dtype(dtype: torch.dtype) -> torch.dtype:
-    """float64 features keep float64 statistics; every other dtype accumulates in float32."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
 def check_runnable(tensor: torch.Tensor) -> None:
     """Fail clearly when a CPU tensor reaches the kernels without the interpreter switched on."""
     if tensor.device.type == "cuda":
         return
-    if os.environ.get("TRITON_INTERPRET", "0") in ("", "0"):
+    if not triton_interpreter_requested():
         raise RuntimeError(
             f"the Triton kernels got tensors on {tensor.device}; CPU tensors run only in Triton's interpreter "
             "(set TRITON_INTERPRET=1 before triton is imported)"
@@ -216,8 +240,8 @@ def lse_to_natural(lse2: torch.Tensor) -> torch.Tensor:
 
 
 def lse_dtype(dtype: torch.dtype) -> torch.dtype:
-    """The dtype of the kernels' own lse for features of ``dtype``: float64 for 32/64-bit data, whose logits
-    the FMA dots keep in float64 (see _tiles._dot_nt_fma); float32 for 16-bit data."""
+    """The dtype of the kernels' own lse for features of ``dtype``: float64 for 32/64-bit data (the forward forms it
+    per row in float64, the backward splits it into hi + lo: _tiles._exp2_minus_lse); float32 for 16-bit data."""
     return torch.float32 if dtype.itemsize == 2 else torch.float64
 
 

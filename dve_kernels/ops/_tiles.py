@@ -86,9 +86,8 @@ def _softmax_tile(logits, m_i, mask_m, scale_log2e, SCALED: tl.constexpr, MASK_M
                   P_DTYPE: tl.constexpr = tl.float32):
     """One tile of an online softmax: the new running row max ``m_new`` and ``p = exp2(logit - m_new)``.
 
-    SCALED (32/64-bit data): ``logits`` already carry scale·log2(e) and are float64 (see _dot_nt), like the
-    running max; logit - m_new is formed in float64, exact to its own magnitude, before it becomes a P_DTYPE
-    argument of exp2 (one float32 ulp of a logit of ~600 would be 6e-5 of every p). Otherwise (16-bit data)
+    SCALED (32/64-bit data): ``logits`` already carry scale·log2(e) and are in the data's dtype (see _dot_nt), like
+    the running max; logit - m_new is exact where p matters (Sterbenz). Otherwise (16-bit data)
     they are the raw tensor-core dot products and ``scale_log2e >= 0`` (the kernels fold the scale's sign into
     their row tile, which is exact): the scaled row max is then the raw one times the scale, and exp2's
     argument is one FFMA per pair. MASK_M: columns masked off get p = 0 and do not enter the max.
@@ -117,24 +116,19 @@ def _dot_nt_tensor_core(a_tile, b_tile, scale_log2e, SCALE_A: tl.constexpr, OUT_
 
 
 @triton.jit
-def _dot_nt_fma(A, a_rows, a_mask, B, b_rows, b_mask, C, scale_log2e, SCALE_A: tl.constexpr, C_PAD: tl.constexpr,
-                K_CHUNK: tl.constexpr, EVEN_C: tl.constexpr):
-    """32/64-bit data: dot(A rows, B rows^T) as IEEE FMA dots over K_CHUNK-wide channel slices read from memory.
+def _dot_nt_sliced(A, a_rows, a_mask, B, b_rows, b_mask, C, scale_log2e, SCALE_A: tl.constexpr, C_PAD: tl.constexpr,
+                   K_CHUNK: tl.constexpr, EVEN_C: tl.constexpr, OUT_DTYPE: tl.constexpr, DOT: tl.constexpr):
+    """32/64-bit data: dot(A rows, B rows^T) over K_CHUNK-wide channel slices read from memory, in the data's own
+    precision (docs/contract.md section 4, dve_kernels/precision.py): OUT_DTYPE is the data's dtype, and DOT the
+    float32 dot algorithm ("ieee": FMA dots; "tf32": single-pass TF32 on tensor cores, only when the user asked for
+    it with torch.set_float32_matmul_precision; float64 data: "ieee").
 
-    ``input_precision="ieee"`` makes this an FMA dot, whose operand fragments hold the whole reduction
-    dimension per thread; at C_PAD = 64..256 that spills. So the channels are walked in K_CHUNK-wide slices
-    re-read from memory (L1/L2 hits: the caller has the same rows in flight). The scale goes into the A slice
-    before the dot: each small product term is rounded instead of the large logit (|logit| up to ~1.4e4 in
-    base 2, where one float32 rounding is ~1e-3; SPEC.md promises correct results at logits of 1e4).
-
-    The slices accumulate in float64 and the logits are returned in float64: every float32 x float32 product
-    is exact there. A float32 logit of ~400 is 3e-5 coarse even when correctly rounded, and the softmax of a
-    row with two close candidates made that the largest error of the whole result, several times that of a
-    dense sgemm on the rows where the latter is lucky; the callers subtract the row max or lse in float64
-    first (csrc/common.h, tile_logits_wide, does the same on the CPU). It costs float64 FMA throughput on the
-    float32 path only.
+    An FMA dot keeps the whole reduction dimension of its operand fragments per thread; at C_PAD = 64..256 that
+    spills. So the channels are walked in K_CHUNK-wide slices re-read from memory (L1/L2 hits: the caller has the
+    same rows in flight). The scale goes into the A slice before the dot: each small product term is rounded
+    instead of the large logit (|logit| up to ~1.4e4 in base 2; logits of 1e4 must stay correct).
     """
-    out = tl.zeros([a_rows.shape[0], b_rows.shape[0]], tl.float64)  # the logits stay float64 (see above)
+    out = tl.zeros([a_rows.shape[0], b_rows.shape[0]], OUT_DTYPE)
     stride = C_PAD if EVEN_C else C
     # a runtime trip count even when EVEN_C: a compile-time one let the compiler unroll the slices and
     # spill on sm_80; C, not C_PAD: no slice of padding only
@@ -142,22 +136,36 @@ def _dot_nt_fma(A, a_rows, a_mask, B, b_rows, b_mask, C, scale_log2e, SCALE_A: t
         offs_k = k_start + tl.arange(0, K_CHUNK)
         mask_k = offs_k < stride
         a = tl.load(A + a_rows[:, None] * stride + offs_k[None, :], mask=a_mask[:, None] & mask_k[None, :],
-                    other=0.0).to(tl.float64)
+                    other=0.0).to(OUT_DTYPE)
         if SCALE_A:
-            a = a * scale_log2e.to(tl.float64)
+            a = a * scale_log2e.to(OUT_DTYPE)
         b = tl.load(B + b_rows[:, None] * stride + offs_k[None, :], mask=b_mask[:, None] & mask_k[None, :],
-                    other=0.0).to(tl.float64)
-        out += tl.dot(a, tl.trans(b), input_precision="ieee", out_dtype=tl.float64)
+                    other=0.0).to(OUT_DTYPE)
+        out += tl.dot(a, tl.trans(b), input_precision=DOT, out_dtype=OUT_DTYPE)
     return out
+
+
+@triton.jit
+def _exp2_minus_lse(logits, lse, ACC_DTYPE: tl.constexpr):
+    """``exp2(logit - lse)`` per element, in ACC_DTYPE, for the float64 per-row ``lse`` (base 2) of the forward.
+
+    A float32 lse of logits ~600 (base 2) is 6e-5 coarse, which would scale every probability of its row; and a
+    float64 subtraction per pair costs 1/64 of the float32 rate on most GPUs. So each row's lse is split once
+    into ``hi + lo`` in ACC_DTYPE and the pair computes ``(logit - hi) - lo``: logit - hi is exact where the
+    probability matters (Sterbenz), as on the CPU (csrc/common.h, split_lse).
+    """
+    hi = lse.to(ACC_DTYPE)
+    lo = (lse - hi.to(lse.dtype)).to(ACC_DTYPE)
+    return tl.exp2((logits - hi[:, None]) - lo[:, None])
 
 
 @triton.jit
 def _dot_nt(A, a_rows, a_mask, a_tile, B, b_rows, b_mask, b_tile, C, scale_log2e,
             SCALE_A: tl.constexpr, C_PAD: tl.constexpr, K_CHUNK: tl.constexpr, OUT_DTYPE: tl.constexpr,
-            EVEN_C: tl.constexpr = False):
+            EVEN_C: tl.constexpr = False, DOT: tl.constexpr = "ieee"):
     """dot(A_tile, B_tile^T) over the C channels: (rows of A) x (rows of B), times scale_log2e if SCALE_A.
 
-    16-bit data: _dot_nt_tensor_core on the register tiles a_tile / b_tile. 32/64-bit data: _dot_nt_fma
+    16-bit data: _dot_nt_tensor_core on the register tiles a_tile / b_tile. 32/64-bit data: _dot_nt_sliced
     re-reads the rows from A and B, and a_tile / b_tile go unused (the compiler drops their loads when
     nothing else reads them). Every kernel that must agree bitwise on a logit calls this with the same
     operands in the same orientation and tile shape. EVEN_C (C == C_PAD): constant stride, no channel mask.
@@ -165,6 +173,6 @@ def _dot_nt(A, a_rows, a_mask, a_tile, B, b_rows, b_mask, b_tile, C, scale_log2e
     if a_tile.dtype.primitive_bitwidth < 32:
         out = _dot_nt_tensor_core(a_tile, b_tile, scale_log2e, SCALE_A=SCALE_A, OUT_DTYPE=OUT_DTYPE)
     else:
-        out = _dot_nt_fma(A, a_rows, a_mask, B, b_rows, b_mask, C, scale_log2e, SCALE_A=SCALE_A, C_PAD=C_PAD,
-                          K_CHUNK=K_CHUNK, EVEN_C=EVEN_C)
+        out = _dot_nt_sliced(A, a_rows, a_mask, B, b_rows, b_mask, C, scale_log2e, SCALE_A=SCALE_A, C_PAD=C_PAD,
+                             K_CHUNK=K_CHUNK, EVEN_C=EVEN_C, OUT_DTYPE=OUT_DTYPE, DOT=DOT)
     return out

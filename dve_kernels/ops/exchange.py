@@ -15,13 +15,15 @@ import torch
 import triton
 import triton.language as tl
 
+from .. import precision
 from ._launch import (
-    accumulator_dtype,
     aligned_stride,
     channel_pad,
     CHANNEL_PADS,
     check_runnable,
-    FEATURE_DTYPES,
+    dot_algorithm,
+    dot_suffix,
+    DTYPE_DOTS,
     FP_FUSION,
     launch_config,
     lse_dtype,
@@ -36,6 +38,7 @@ from ._tiles import (
     _full_tiles_end,
     _coordinate_stride,
     _dot_nt,
+    _exp2_minus_lse,
     _join_scalar,
     _load_rows,
     _load_vector,
@@ -54,7 +57,7 @@ from ._tiles import (
 @triton.jit
 def _exchange_fwd_step(query, query_base, offs_n, mask_n, aux_base, start_m, M, C, m_i, l_i, acc, scale_log2e,
                        C_PAD: tl.constexpr, BLOCK_M: tl.constexpr, K_CHUNK: tl.constexpr, IS_FP64: tl.constexpr,
-                       EVEN_C: tl.constexpr, MASK_M: tl.constexpr):
+                       EVEN_C: tl.constexpr, MASK_M: tl.constexpr, DOT: tl.constexpr):
     acc_dtype: tl.constexpr = tl.float64 if IS_FP64 else tl.float32
     offs_m = start_m + tl.arange(0, BLOCK_M)
     mask_m = offs_m < M
@@ -62,14 +65,14 @@ def _exchange_fwd_step(query, query_base, offs_n, mask_n, aux_base, start_m, M, 
     if query.dtype.primitive_bitwidth < 32:
         logits = tl.dot(query, tl.trans(aux), out_dtype=acc_dtype)  # unscaled, see _softmax_tile
     else:
-        # ieee: float32 must not silently run in TF32 (SPEC.md section 4)
+        # DOT: float32 never silently runs in TF32 (dve_kernels/precision.py)
         logits = _dot_nt(query_base, offs_n, mask_n, query, aux_base, offs_m, mask_m, aux, C, scale_log2e,
-                         True, C_PAD, K_CHUNK, acc_dtype, EVEN_C)
+                         True, C_PAD, K_CHUNK, acc_dtype, EVEN_C, DOT)
     m_new, p = _softmax_tile(logits, m_i, mask_m, scale_log2e, query.dtype.primitive_bitwidth >= 32, MASK_M,
                              P_DTYPE=acc_dtype)
     alpha = tl.exp2((m_i - m_new).to(acc_dtype))  # rescales what was accumulated under the old max
     l_i = l_i * alpha + tl.sum(p, 1)
-    acc = acc * alpha[:, None] + tl.dot(p.to(aux.dtype), aux, input_precision="ieee", out_dtype=acc_dtype)
+    acc = acc * alpha[:, None] + tl.dot(p.to(aux.dtype), aux, input_precision=DOT, out_dtype=acc_dtype)
     return m_new, l_i, acc
 
 
@@ -79,7 +82,7 @@ def _exchange_fwd_kernel(
     N, M, C,
     SCALE_LOG2E_HI, SCALE_LOG2E_LO,
     C_PAD: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, K_CHUNK: tl.constexpr,
-    IS_FP64: tl.constexpr, EVEN_C: tl.constexpr,
+    IS_FP64: tl.constexpr, EVEN_C: tl.constexpr, DOT: tl.constexpr,
 ):
     pid_n = tl.program_id(0)
     batch = tl.program_id(1).to(tl.int64)  # int64: batch * N * C can pass 2^31
@@ -96,44 +99,47 @@ def _exchange_fwd_kernel(
         scale_log2e = tl.abs(scale_log2e)
     aux_base = Aux + batch * M * stride_c
 
-    logit_dtype: tl.constexpr = tl.float32 if query.dtype.primitive_bitwidth < 32 else tl.float64
-    m_i = tl.full([BLOCK_N], float("-inf"), logit_dtype)  # running max of the base-2 logits
+    m_i = tl.full([BLOCK_N], float("-inf"), acc_dtype)  # running max of the base-2 logits
     l_i = tl.zeros([BLOCK_N], acc_dtype)  # running sum of exp2(logit - m_i)
     acc = tl.zeros([BLOCK_N, C_PAD], acc_dtype)  # running sum of exp2(logit - m_i) * aux_w
     full_m = _full_tiles_end(M, BLOCK_M, LOW_PRECISION=query.dtype.primitive_bitwidth < 32)
     for start_m in range(0, full_m, BLOCK_M):
         m_i, l_i, acc = _exchange_fwd_step(query, query_base, offs_n, mask_n, aux_base, start_m, M, C, m_i, l_i, acc,
-                                           scale_log2e, C_PAD, BLOCK_M, K_CHUNK, IS_FP64, EVEN_C, False)
+                                           scale_log2e, C_PAD, BLOCK_M, K_CHUNK, IS_FP64, EVEN_C, False, DOT)
     for start_m in range(full_m, M, BLOCK_M):
         m_i, l_i, acc = _exchange_fwd_step(query, query_base, offs_n, mask_n, aux_base, start_m, M, C, m_i, l_i, acc,
-                                           scale_log2e, C_PAD, BLOCK_M, K_CHUNK, IS_FP64, EVEN_C, True)
+                                           scale_log2e, C_PAD, BLOCK_M, K_CHUNK, IS_FP64, EVEN_C, True, DOT)
 
     out = acc / l_i[:, None]
     _store_rows(Out + batch * N * stride_c, offs_n, mask_n, out, C, C_PAD, EVEN_C)
-    tl.store(Lse + batch * N + offs_n, m_i + tl.log2(l_i), mask=mask_n)
+    if query.dtype.primitive_bitwidth < 32:
+        lse = m_i + tl.log2(l_i)  # the backward divides out its rounding (lse_to_natural)
+    else:  # per row in float64 (see _exp2_minus_lse): the backward splits it into hi + lo
+        lse = m_i.to(tl.float64) + tl.log2(l_i.to(tl.float64))
+    tl.store(Lse + batch * N + offs_n, lse, mask=mask_n)
 
 
 @triton.jit
 def _exchange_bwd_query_step(query, grad_out, query_base, grad_out_base, offs_n, mask_n, lse, aux_base, start_m, M,
                              C, weighted_dp_aux, p_aux, excess, row_sum, delta_est, scale_log2e,
                              C_PAD: tl.constexpr, BLOCK_M: tl.constexpr, K_CHUNK: tl.constexpr,
-                             IS_FP64: tl.constexpr, EVEN_C: tl.constexpr, MASK_M: tl.constexpr):
+                             IS_FP64: tl.constexpr, EVEN_C: tl.constexpr, MASK_M: tl.constexpr, DOT: tl.constexpr):
     acc_dtype: tl.constexpr = tl.float64 if IS_FP64 else tl.float32
     offs_m = start_m + tl.arange(0, BLOCK_M)
     mask_m = offs_m < M
     aux = _load_rows(aux_base, offs_m, mask_m, C, C_PAD, EVEN_C, MASK_M)
     logits = _dot_nt(query_base, offs_n, mask_n, query, aux_base, offs_m, mask_m, aux, C, scale_log2e,
-                     True, C_PAD, K_CHUNK, acc_dtype, EVEN_C)
-    p = tl.exp2((logits - lse[:, None]).to(acc_dtype))  # 32/64-bit: logits and lse are float64
+                     True, C_PAD, K_CHUNK, acc_dtype, EVEN_C, DOT)
+    p = _exp2_minus_lse(logits, lse, acc_dtype)
     if MASK_M:
         p = tl.where(mask_m[None, :], p, 0.0)
     dp = _dot_nt(grad_out_base, offs_n, mask_n, grad_out, aux_base, offs_m, mask_m, aux, C, scale_log2e,
-                 False, C_PAD, K_CHUNK, acc_dtype, EVEN_C)
+                 False, C_PAD, K_CHUNK, acc_dtype, EVEN_C, DOT)
     p_dp = p * (dp - delta_est[:, None]).to(acc_dtype)  # small where p is large, and exact there (Sterbenz)
     row_sum += tl.sum(p, 1)
     excess += tl.sum(p_dp, 1)
-    weighted_dp_aux += tl.dot(p_dp.to(aux.dtype), aux, input_precision="ieee", out_dtype=acc_dtype)
-    p_aux += tl.dot(p.to(aux.dtype), aux, input_precision="ieee", out_dtype=acc_dtype)
+    weighted_dp_aux += tl.dot(p_dp.to(aux.dtype), aux, input_precision=DOT, out_dtype=acc_dtype)
+    p_aux += tl.dot(p.to(aux.dtype), aux, input_precision=DOT, out_dtype=acc_dtype)
     return weighted_dp_aux, p_aux, excess, row_sum
 
 
@@ -143,7 +149,7 @@ def _exchange_bwd_query_kernel(
     N, M, C,
     SCALE_HI, SCALE_LO, SCALE_LOG2E_HI, SCALE_LOG2E_LO,
     C_PAD: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, K_CHUNK: tl.constexpr,
-    IS_FP64: tl.constexpr, EVEN_C: tl.constexpr,
+    IS_FP64: tl.constexpr, EVEN_C: tl.constexpr, DOT: tl.constexpr,
 ):
     """d query_u = scale · sum_w dS_uw aux_w, dS_uw = p_uw (dP_uw - D_u), dP_uw = <dO_u, aux_w>.
 
@@ -183,11 +189,13 @@ def _exchange_bwd_query_kernel(
     for start_m in range(0, full_m, BLOCK_M):
         weighted_dp_aux, p_aux, excess, row_sum = _exchange_bwd_query_step(
             query, grad_out, query_base, grad_out_base, offs_n, mask_n, lse, aux_base, start_m, M, C,
-            weighted_dp_aux, p_aux, excess, row_sum, delta_est, scale_log2e, C_PAD, BLOCK_M, K_CHUNK, IS_FP64, EVEN_C, False)
+            weighted_dp_aux, p_aux, excess, row_sum, delta_est, scale_log2e, C_PAD, BLOCK_M, K_CHUNK, IS_FP64, EVEN_C, False,
+            DOT)
     for start_m in range(full_m, M, BLOCK_M):
         weighted_dp_aux, p_aux, excess, row_sum = _exchange_bwd_query_step(
             query, grad_out, query_base, grad_out_base, offs_n, mask_n, lse, aux_base, start_m, M, C,
-            weighted_dp_aux, p_aux, excess, row_sum, delta_est, scale_log2e, C_PAD, BLOCK_M, K_CHUNK, IS_FP64, EVEN_C, True)
+            weighted_dp_aux, p_aux, excess, row_sum, delta_est, scale_log2e, C_PAD, BLOCK_M, K_CHUNK, IS_FP64, EVEN_C, True,
+            DOT)
 
     row_scale = 1.0 / tl.where(mask_n, row_sum, 1.0)
     excess = excess * row_scale  # D_u - D~_u
@@ -205,7 +213,7 @@ def _exchange_bwd_aux_step(aux, aux_base, offs_m, mask_m, query_base, grad_out_b
                            start_n,
                            N, C, grad_aux, scale, scale_log2e,
                            C_PAD: tl.constexpr, BLOCK_N: tl.constexpr, K_CHUNK: tl.constexpr, IS_FP64: tl.constexpr,
-                           EVEN_C: tl.constexpr, MASK_N: tl.constexpr):
+                           EVEN_C: tl.constexpr, MASK_N: tl.constexpr, DOT: tl.constexpr):
     acc_dtype: tl.constexpr = tl.float64 if IS_FP64 else tl.float32
     offs_n = start_n + tl.arange(0, BLOCK_N)
     mask_n = offs_n < N
@@ -221,10 +229,10 @@ def _exchange_bwd_aux_step(aux, aux_base, offs_m, mask_m, query_base, grad_out_b
         # logits (~1e-5 absolute rounding at |logit| ~ 500) would otherwise disagree by that much
         # in every P of a peaked row. The transposes cost a layout conversion per tile.
         logits = _dot_nt(query_base, offs_n, mask_n, query, aux_base, offs_m, mask_m, aux, C, scale_log2e,
-                         True, C_PAD, K_CHUNK, acc_dtype, EVEN_C)
-        p = tl.where(mask_m[None, :], tl.exp2((logits - lse[:, None]).to(acc_dtype)), 0.0) * row_scale[:, None]
+                         True, C_PAD, K_CHUNK, acc_dtype, EVEN_C, DOT)
+        p = tl.where(mask_m[None, :], _exp2_minus_lse(logits, lse, acc_dtype), 0.0) * row_scale[:, None]
         dp = _dot_nt(grad_out_base, offs_n, mask_n, grad_out, aux_base, offs_m, mask_m, aux, C, scale_log2e,
-                     False, C_PAD, K_CHUNK, acc_dtype, EVEN_C)
+                     False, C_PAD, K_CHUNK, acc_dtype, EVEN_C, DOT)
         p_t = tl.trans(p)
         ds_t = tl.trans(p * ((dp - delta_est[:, None]).to(acc_dtype) - excess[:, None])) * scale
     else:
@@ -234,8 +242,8 @@ def _exchange_bwd_aux_step(aux, aux_base, offs_m, mask_m, query_base, grad_out_b
         p_t = p_t * row_scale[None, :]
         dp_t = tl.dot(aux, tl.trans(grad_out), out_dtype=acc_dtype)
         ds_t = p_t * ((dp_t - delta_est[None, :]) - excess[None, :]) * scale
-    grad_aux += tl.dot(p_t.to(aux.dtype), grad_out, input_precision="ieee", out_dtype=acc_dtype)
-    grad_aux += tl.dot(ds_t.to(aux.dtype), query, input_precision="ieee", out_dtype=acc_dtype)
+    grad_aux += tl.dot(p_t.to(aux.dtype), grad_out, input_precision=DOT, out_dtype=acc_dtype)
+    grad_aux += tl.dot(ds_t.to(aux.dtype), query, input_precision=DOT, out_dtype=acc_dtype)
     return grad_aux
 
 
@@ -245,7 +253,7 @@ def _exchange_bwd_aux_kernel(
     N, M, C,
     SCALE_HI, SCALE_LO, SCALE_LOG2E_HI, SCALE_LOG2E_LO,
     C_PAD: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, K_CHUNK: tl.constexpr,
-    IS_FP64: tl.constexpr, EVEN_C: tl.constexpr,
+    IS_FP64: tl.constexpr, EVEN_C: tl.constexpr, DOT: tl.constexpr,
 ):
     """d aux_w = sum_u P_uw dO_u (value role) + scale · sum_u dS_uw query_u (key role), in one accumulator."""
     pid_m = tl.program_id(0)
@@ -270,11 +278,11 @@ def _exchange_bwd_aux_kernel(
     for start_n in range(0, full_n, BLOCK_N):
         grad_aux = _exchange_bwd_aux_step(aux, aux_base, offs_m, mask_m, query_base, grad_out_base, lse_base, stats_base,
                                           row_stride, start_n, N, C, grad_aux, scale, scale_log2e, C_PAD, BLOCK_N,
-                                          K_CHUNK, IS_FP64, EVEN_C, False)
+                                          K_CHUNK, IS_FP64, EVEN_C, False, DOT)
     for start_n in range(full_n, N, BLOCK_N):
         grad_aux = _exchange_bwd_aux_step(aux, aux_base, offs_m, mask_m, query_base, grad_out_base, lse_base, stats_base,
                                           row_stride, start_n, N, C, grad_aux, scale, scale_log2e, C_PAD, BLOCK_N,
-                                          K_CHUNK, IS_FP64, EVEN_C, True)
+                                          K_CHUNK, IS_FP64, EVEN_C, True, DOT)
 
     _store_rows(GradAux + batch * M * stride_c, offs_m, mask_m, grad_aux, C, C_PAD, EVEN_C)
 
@@ -306,7 +314,7 @@ def exchange_forward(query: torch.Tensor, aux: torch.Tensor, scale: float) -> tu
     _exchange_fwd_kernel[grid](
         query, aux, out, lse, n, m, c, *split_scalar(log2_scale(scale)),
         C_PAD=c_pad, BLOCK_N=config.block_n, BLOCK_M=config.block_m, K_CHUNK=config.k_chunk,
-        IS_FP64=query.dtype == torch.float64, EVEN_C=c == c_pad,
+        IS_FP64=query.dtype == torch.float64, EVEN_C=c == c_pad, DOT=dot_algorithm(query.dtype),
         num_warps=config.num_warps, num_stages=config.num_stages, enable_fp_fusion=FP_FUSION,
         maxnreg=config.max_registers,
     )
@@ -336,10 +344,10 @@ def exchange_backward(grad_out, query, aux, out, lse, scale: float) -> tuple[tor
     grad_aux = torch.empty(aux.shape, dtype=aux.dtype, device=aux.device)
     # O(B·N), the only extra buffer: D~_u, D_u - D~_u and the row normalisation per query row, written by the
     # query kernel for the aux kernel, in planes aligned to 16 elements (see _coordinate_stride)
-    stats = torch.empty((batch, 3, aligned_stride(n)), dtype=accumulator_dtype(query.dtype), device=query.device)
+    stats = torch.empty((batch, 3, aligned_stride(n)), dtype=precision.accumulate_dtype(query.dtype), device=query.device)
     scalars = (*split_scalar(scale), *split_scalar(log2_scale(scale)))
     constexprs = dict(C_PAD=c_pad, BLOCK_N=config.block_n, BLOCK_M=config.block_m, K_CHUNK=config.k_chunk,
-                      IS_FP64=query.dtype == torch.float64, EVEN_C=c == c_pad)
+                      IS_FP64=query.dtype == torch.float64, EVEN_C=c == c_pad, DOT=dot_algorithm(query.dtype))
     launch = dict(num_warps=config.num_warps, num_stages=config.num_stages, enable_fp_fusion=FP_FUSION,
                   maxnreg=config.max_registers)
     _exchange_bwd_query_kernel[(triton.cdiv(n, config.block_n), batch)](
@@ -352,17 +360,17 @@ def exchange_backward(grad_out, query, aux, out, lse, scale: float) -> tuple[tor
 def exchange_specializations() -> list:
     """Every (kernel, constexprs, warps, stages) the launchers above can pick, for AOT compilation."""
     specs = []
-    for dtype in FEATURE_DTYPES:
+    for dtype, dot in DTYPE_DOTS:
         feat = "*" + triton_type(dtype)
-        stat = "*" + triton_type(accumulator_dtype(dtype))
+        stat = "*" + triton_type(precision.accumulate_dtype(dtype))
         lse = "*" + triton_type(lse_dtype(dtype))
         ints = dict(N="i32", M="i32", C="i32")
         for c_pad, even_c in [(c_pad, even_c) for c_pad in CHANNEL_PADS for even_c in (True, False)]:
             ragged = "" if even_c else "_ragged"
-            tag = f"{triton_type(dtype)}_c{c_pad}"
+            tag = f"{triton_type(dtype)}{dot_suffix(dot)}_c{c_pad}"
             config = launch_config("exchange_fwd", c_pad, dtype, even_c)
             constexprs = dict(C_PAD=c_pad, BLOCK_N=config.block_n, BLOCK_M=config.block_m, K_CHUNK=config.k_chunk,
-                              IS_FP64=dtype == torch.float64, EVEN_C=even_c)
+                              IS_FP64=dtype == torch.float64, EVEN_C=even_c, DOT=dot)
             specs.append(make_specialization(
                 f"exchange_fwd_{tag}{ragged}", _exchange_fwd_kernel,
                 dict(Query=feat, Aux=feat, Out=feat, Lse=lse, **ints, SCALE_LOG2E_HI="fp32", SCALE_LOG2E_LO="fp32"),

@@ -19,12 +19,14 @@ from ._distance import (
     _distance_power,
     _fourth_root_mufu,
 )
+from .. import precision
 from ._launch import (
-    accumulator_dtype,
     channel_pad,
     CHANNEL_PADS,
     check_runnable,
-    FEATURE_DTYPES,
+    dot_algorithm,
+    dot_suffix,
+    DTYPE_DOTS,
     FP_FUSION,
     launch_config,
     lse_dtype,
@@ -43,6 +45,7 @@ from ._tiles import (
     _full_tiles_end,
     _coordinate_stride,
     _dot_nt,
+    _exp2_minus_lse,
     _join_scalar,
     _load_rows,
     _load_vector,
@@ -77,7 +80,8 @@ def _squared_distance(x_rows, y_rows, x_cols, y_cols):
 def _warp_fwd_step(src, src_base, offs_n, mask_n, src_x, src_y, tgt_base, tgt_xy_base, XY_STRIDE, start_m, M, C,
                    m_i, l_i, acc, scale_log2e, pow_half,
                    C_PAD: tl.constexpr, BLOCK_M: tl.constexpr, K_CHUNK: tl.constexpr, POW_MODE: tl.constexpr,
-                   IS_FP64: tl.constexpr, EVEN_C: tl.constexpr, MASK_M: tl.constexpr, MUFU_ROOT: tl.constexpr):
+                   IS_FP64: tl.constexpr, EVEN_C: tl.constexpr, MASK_M: tl.constexpr, MUFU_ROOT: tl.constexpr,
+                   DOT: tl.constexpr):
     """One BLOCK_M tile of targets: the online-softmax update of (m_i, l_i, acc). MASK_M: the partial tile.
 
     MUFU_ROOT (16-bit, pow = 0.5): this tile takes its fourth roots from two MUFU rsqrt instead of one rsqrt
@@ -97,9 +101,9 @@ def _warp_fwd_step(src, src_base, offs_n, mask_n, src_x, src_y, tgt_base, tgt_xy
         else:
             dist_sum = tl.sum(p * _distance_power(r2, pow_half, POW_MODE, IS_FP64, True), 1)
     else:
-        # ieee: float32 must not silently run in TF32 (SPEC.md section 4); the tgt tile is read inside _dot_nt
+        # DOT: float32 never silently runs in TF32 (dve_kernels/precision.py); the tgt tile is read inside _dot_nt
         logits = _dot_nt(src_base, offs_n, mask_n, src, tgt_base, offs_m, mask_m, src, C, scale_log2e,
-                         True, C_PAD, K_CHUNK, acc_dtype, EVEN_C)
+                         True, C_PAD, K_CHUNK, acc_dtype, EVEN_C, DOT)
         m_new, p = _softmax_tile(logits, m_i, mask_m, scale_log2e, True, MASK_M, P_DTYPE=acc_dtype)
         dist_sum = tl.sum(p * _distance_power(r2, pow_half, POW_MODE, IS_FP64).to(acc_dtype), 1)
     alpha = tl.exp2((m_i - m_new).to(acc_dtype))  # rescales what was accumulated under the old max
@@ -115,7 +119,7 @@ def _warp_fwd_kernel(
     SCALE_LOG2E_HI, SCALE_LOG2E_LO, POW_HALF_HI, POW_HALF_LO,
     C_PAD: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, K_CHUNK: tl.constexpr,
     POW_MODE: tl.constexpr,
-    IS_FP64: tl.constexpr, EVEN_C: tl.constexpr,
+    IS_FP64: tl.constexpr, EVEN_C: tl.constexpr, DOT: tl.constexpr,
 ):
     """L_u and the log2-sum-exp2 of row u, one source tile per program, iterating over target tiles.
 
@@ -145,8 +149,7 @@ def _warp_fwd_kernel(
     tgt_xy_stride = _coordinate_stride(M)
     tgt_xy_base = TgtXY + batch * 2 * tgt_xy_stride
 
-    logit_dtype: tl.constexpr = tl.float32 if src.dtype.primitive_bitwidth < 32 else tl.float64
-    m_i = tl.full([BLOCK_N], float("-inf"), logit_dtype)  # running max of the base-2 logits
+    m_i = tl.full([BLOCK_N], float("-inf"), acc_dtype)  # running max of the base-2 logits
     l_i = tl.zeros([BLOCK_N], acc_dtype)  # running sum of exp2(logit - m_i)
     acc = tl.zeros([BLOCK_N], acc_dtype)  # running sum of exp2(logit - m_i) * distance
     full_m = _full_tiles_end(M, BLOCK_M, LOW_PRECISION=src.dtype.primitive_bitwidth < 32)
@@ -155,35 +158,39 @@ def _warp_fwd_kernel(
         for start_m in range(0, first_m, 3 * BLOCK_M):
             m_i, l_i, acc = _warp_fwd_step(src, src_base, offs_n, mask_n, src_x, src_y, tgt_base, tgt_xy_base,
                                            tgt_xy_stride, start_m, M, C, m_i, l_i, acc, scale_log2e, pow_half,
-                                           C_PAD, BLOCK_M, K_CHUNK, POW_MODE, IS_FP64, EVEN_C, False, False)
+                                           C_PAD, BLOCK_M, K_CHUNK, POW_MODE, IS_FP64, EVEN_C, False, False, DOT)
             m_i, l_i, acc = _warp_fwd_step(src, src_base, offs_n, mask_n, src_x, src_y, tgt_base, tgt_xy_base,
                                            tgt_xy_stride, start_m + BLOCK_M, M, C, m_i, l_i, acc, scale_log2e,
                                            pow_half, C_PAD, BLOCK_M, K_CHUNK, POW_MODE, IS_FP64, EVEN_C, False,
-                                           False)
+                                           False, DOT)
             m_i, l_i, acc = _warp_fwd_step(src, src_base, offs_n, mask_n, src_x, src_y, tgt_base, tgt_xy_base,
                                            tgt_xy_stride, start_m + 2 * BLOCK_M, M, C, m_i, l_i, acc, scale_log2e,
                                            pow_half, C_PAD, BLOCK_M, K_CHUNK, POW_MODE, IS_FP64, EVEN_C, False,
-                                           True)
+                                           True, DOT)
     else:
         first_m = 0
     for start_m in range(first_m, full_m, BLOCK_M):  # full tiles: no masks
         m_i, l_i, acc = _warp_fwd_step(src, src_base, offs_n, mask_n, src_x, src_y, tgt_base, tgt_xy_base,
                                        tgt_xy_stride, start_m, M, C, m_i, l_i, acc, scale_log2e, pow_half,
-                                       C_PAD, BLOCK_M, K_CHUNK, POW_MODE, IS_FP64, EVEN_C, False, False)
+                                       C_PAD, BLOCK_M, K_CHUNK, POW_MODE, IS_FP64, EVEN_C, False, False, DOT)
     for start_m in range(full_m, M, BLOCK_M):  # the partial tile, if any
         m_i, l_i, acc = _warp_fwd_step(src, src_base, offs_n, mask_n, src_x, src_y, tgt_base, tgt_xy_base,
                                        tgt_xy_stride, start_m, M, C, m_i, l_i, acc, scale_log2e, pow_half,
-                                       C_PAD, BLOCK_M, K_CHUNK, POW_MODE, IS_FP64, EVEN_C, True, False)
+                                       C_PAD, BLOCK_M, K_CHUNK, POW_MODE, IS_FP64, EVEN_C, True, False, DOT)
 
     tl.store(Rows + batch * N + offs_n, acc / l_i, mask=mask_n)
-    tl.store(Lse + batch * N + offs_n, m_i + tl.log2(l_i), mask=mask_n)
+    if src.dtype.primitive_bitwidth < 32:
+        lse = m_i + tl.log2(l_i)  # the backward divides out its rounding (lse_to_natural)
+    else:  # per row in float64 (see _exp2_minus_lse): the backward splits it into hi + lo
+        lse = m_i.to(tl.float64) + tl.log2(l_i.to(tl.float64))
+    tl.store(Lse + batch * N + offs_n, lse, mask=mask_n)
 
 
 @triton.jit
 def _warp_bwd_src_step(src, src_base, offs_n, mask_n, src_x, src_y, lse, tgt_base, tgt_xy_base, XY_STRIDE,
                        start_m, M, C, p_dist_tgt, p_tgt, p_dist, row_sum, rows_est, scale_log2e, pow_half,
                        C_PAD: tl.constexpr, BLOCK_M: tl.constexpr, K_CHUNK: tl.constexpr, POW_MODE: tl.constexpr,
-                       IS_FP64: tl.constexpr, EVEN_C: tl.constexpr, MASK_M: tl.constexpr):
+                       IS_FP64: tl.constexpr, EVEN_C: tl.constexpr, MASK_M: tl.constexpr, DOT: tl.constexpr):
     acc_dtype: tl.constexpr = tl.float64 if IS_FP64 else tl.float32
     offs_m = start_m + tl.arange(0, BLOCK_M)
     mask_m = offs_m < M
@@ -191,8 +198,8 @@ def _warp_bwd_src_step(src, src_base, offs_n, mask_n, src_x, src_y, lse, tgt_bas
     tgt_x = _load_vector(tgt_xy_base, offs_m, mask_m, MASK_M)
     tgt_y = _load_vector(tgt_xy_base + XY_STRIDE, offs_m, mask_m, MASK_M)
     logits = _dot_nt(src_base, offs_n, mask_n, src, tgt_base, offs_m, mask_m, tgt, C, scale_log2e,
-                     True, C_PAD, K_CHUNK, acc_dtype, EVEN_C)
-    p = tl.exp2((logits - lse[:, None]).to(acc_dtype))  # 32/64-bit: logits and lse are float64
+                     True, C_PAD, K_CHUNK, acc_dtype, EVEN_C, DOT)
+    p = _exp2_minus_lse(logits, lse, acc_dtype)
     if MASK_M:
         p = tl.where(mask_m[None, :], p, 0.0)
     low_precision: tl.constexpr = src.dtype.primitive_bitwidth < 32
@@ -201,8 +208,8 @@ def _warp_bwd_src_step(src, src_base, offs_n, mask_n, src_x, src_y, lse, tgt_bas
     pd = p * (dist - rows_est[:, None])  # a small difference where p is large: exact there (Sterbenz)
     row_sum += tl.sum(p, 1)
     p_dist += tl.sum(pd, 1)
-    p_dist_tgt += tl.dot(pd.to(tgt.dtype), tgt, input_precision="ieee", out_dtype=acc_dtype)
-    p_tgt += tl.dot(p.to(tgt.dtype), tgt, input_precision="ieee", out_dtype=acc_dtype)
+    p_dist_tgt += tl.dot(pd.to(tgt.dtype), tgt, input_precision=DOT, out_dtype=acc_dtype)
+    p_tgt += tl.dot(p.to(tgt.dtype), tgt, input_precision=DOT, out_dtype=acc_dtype)
     return p_dist_tgt, p_tgt, p_dist, row_sum
 
 
@@ -213,7 +220,7 @@ def _warp_bwd_src_kernel(
     SCALE_HI, SCALE_LO, SCALE_LOG2E_HI, SCALE_LOG2E_LO, POW_HALF_HI, POW_HALF_LO,
     C_PAD: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, K_CHUNK: tl.constexpr,
     POW_MODE: tl.constexpr,
-    IS_FP64: tl.constexpr, EVEN_C: tl.constexpr,
+    IS_FP64: tl.constexpr, EVEN_C: tl.constexpr, DOT: tl.constexpr,
 ):
     """d src_u = scale · upstream_u · sum_v p_uv (d_uv - L_u) tgt_v, one source tile per program.
 
@@ -258,12 +265,12 @@ def _warp_bwd_src_kernel(
         p_dist_tgt, p_tgt, p_dist, row_sum = _warp_bwd_src_step(
             src, src_base, offs_n, mask_n, src_x, src_y, lse, tgt_base, tgt_xy_base, tgt_xy_stride, start_m, M, C,
             p_dist_tgt, p_tgt, p_dist, row_sum, rows_est, scale_log2e, pow_half, C_PAD, BLOCK_M, K_CHUNK, POW_MODE, IS_FP64,
-            EVEN_C, False)
+            EVEN_C, False, DOT)
     for start_m in range(full_m, M, BLOCK_M):
         p_dist_tgt, p_tgt, p_dist, row_sum = _warp_bwd_src_step(
             src, src_base, offs_n, mask_n, src_x, src_y, lse, tgt_base, tgt_xy_base, tgt_xy_stride, start_m, M, C,
             p_dist_tgt, p_tgt, p_dist, row_sum, rows_est, scale_log2e, pow_half, C_PAD, BLOCK_M, K_CHUNK, POW_MODE, IS_FP64,
-            EVEN_C, True)
+            EVEN_C, True, DOT)
 
     row_scale = 1.0 / tl.where(mask_n, row_sum, 1.0)
     excess = p_dist * row_scale  # L_u - L~_u
@@ -280,7 +287,7 @@ def _warp_bwd_tgt_step(tgt, tgt_base, offs_m, mask_m, tgt_x, tgt_y, src_base, sr
                        ROW_STRIDE,
                        start_n, N, C, grad_tgt, scale_log2e, pow_half,
                        C_PAD: tl.constexpr, BLOCK_N: tl.constexpr, K_CHUNK: tl.constexpr, POW_MODE: tl.constexpr,
-                       IS_FP64: tl.constexpr, EVEN_C: tl.constexpr, MASK_N: tl.constexpr):
+                       IS_FP64: tl.constexpr, EVEN_C: tl.constexpr, MASK_N: tl.constexpr, DOT: tl.constexpr):
     acc_dtype: tl.constexpr = tl.float64 if IS_FP64 else tl.float32
     offs_n = start_n + tl.arange(0, BLOCK_N)
     mask_n = offs_n < N
@@ -295,8 +302,8 @@ def _warp_bwd_tgt_step(tgt, tgt_base, offs_m, mask_m, tgt_x, tgt_y, src_base, sr
         # 32/64-bit: the very expressions of the src kernel (operands, orientation, tile shape), so p
         # and d are bitwise the ones L_u and the row scale were built from (see the exchange aux kernel)
         logits = _dot_nt(src_base, offs_n, mask_n, src, tgt_base, offs_m, mask_m, tgt, C, scale_log2e, True,
-                         C_PAD, K_CHUNK, acc_dtype, EVEN_C)
-        p = tl.where(mask_m[None, :], tl.exp2((logits - lse[:, None]).to(acc_dtype)), 0.0)
+                         C_PAD, K_CHUNK, acc_dtype, EVEN_C, DOT)
+        p = tl.where(mask_m[None, :], _exp2_minus_lse(logits, lse, acc_dtype), 0.0)
         dist = _distance_power(_squared_distance(src_x, src_y, tgt_x, tgt_y), pow_half, POW_MODE,
                                IS_FP64).to(acc_dtype)
         dlogit_t = tl.trans(p * ((dist - rows_est[:, None]) - excess[:, None]) * weight[:, None])
@@ -305,7 +312,7 @@ def _warp_bwd_tgt_step(tgt, tgt_base, offs_m, mask_m, tgt_x, tgt_y, src_base, sr
         p_t = tl.exp2(tl.dot(tgt, tl.trans(src), out_dtype=acc_dtype) * scale_log2e - lse[None, :])
         dist_t = _distance_power(_squared_distance(tgt_x, tgt_y, src_x, src_y), pow_half, POW_MODE, IS_FP64, True)
         dlogit_t = p_t * ((dist_t - rows_est[None, :]) - excess[None, :]) * weight[None, :]
-    grad_tgt += tl.dot(dlogit_t.to(src.dtype), src, input_precision="ieee", out_dtype=acc_dtype)
+    grad_tgt += tl.dot(dlogit_t.to(src.dtype), src, input_precision=DOT, out_dtype=acc_dtype)
     return grad_tgt
 
 
@@ -316,7 +323,7 @@ def _warp_bwd_tgt_kernel(
     SCALE_HI, SCALE_LO, SCALE_LOG2E_HI, SCALE_LOG2E_LO, POW_HALF_HI, POW_HALF_LO,
     C_PAD: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, K_CHUNK: tl.constexpr,
     POW_MODE: tl.constexpr,
-    IS_FP64: tl.constexpr, EVEN_C: tl.constexpr,
+    IS_FP64: tl.constexpr, EVEN_C: tl.constexpr, DOT: tl.constexpr,
 ):
     """d tgt_v = scale · sum_u p_uv (d_uv - L_u) upstream_u · src_u, one target tile per program."""
     pid_m = tl.program_id(0)
@@ -345,11 +352,11 @@ def _warp_bwd_tgt_kernel(
     for start_n in range(0, full_n, BLOCK_N):
         grad_tgt = _warp_bwd_tgt_step(tgt, tgt_base, offs_m, mask_m, tgt_x, tgt_y, src_base, src_xy_base, lse_base,
                                       stats_base, row_stride, start_n, N, C, grad_tgt, scale_log2e, pow_half, C_PAD, BLOCK_N,
-                                      K_CHUNK, POW_MODE, IS_FP64, EVEN_C, False)
+                                      K_CHUNK, POW_MODE, IS_FP64, EVEN_C, False, DOT)
     for start_n in range(full_n, N, BLOCK_N):
         grad_tgt = _warp_bwd_tgt_step(tgt, tgt_base, offs_m, mask_m, tgt_x, tgt_y, src_base, src_xy_base, lse_base,
                                       stats_base, row_stride, start_n, N, C, grad_tgt, scale_log2e, pow_half, C_PAD, BLOCK_N,
-                                      K_CHUNK, POW_MODE, IS_FP64, EVEN_C, True)
+                                      K_CHUNK, POW_MODE, IS_FP64, EVEN_C, True, DOT)
 
     _store_rows(GradTgt + batch * M * stride_c, offs_m, mask_m, grad_tgt * scale, C, C_PAD, EVEN_C)
 
@@ -362,7 +369,7 @@ def _coordinates(xy: torch.Tensor, batch: int, features: torch.Tensor, pow: floa
     else float32 (see planar_coordinates); times 2 for 16-bit features at pow = 0.5 (see the kernels' header)."""
     if xy.dim() == 2:  # (M, 2) shared by every pair: expanded, which copies O(B·M), never O(N·M)
         xy = xy.unsqueeze(0).expand(batch, -1, -1)
-    return planar_coordinates(xy, accumulator_dtype(features.dtype), 2.0 if _doubles_coordinates(features, pow) else 1.0)
+    return planar_coordinates(xy, precision.accumulate_dtype(features.dtype), 2.0 if _doubles_coordinates(features, pow) else 1.0)
 
 
 def _doubles_coordinates(features: torch.Tensor, pow: float) -> bool:
@@ -372,7 +379,7 @@ def _doubles_coordinates(features: torch.Tensor, pow: float) -> bool:
 def _non_finite_marker(src_xy: torch.Tensor, tgt_xy: torch.Tensor, batch: int) -> torch.Tensor:
     """(B, 1): 0, or NaN where a pair has a non-finite coordinate. The rsqrt-based fourth roots of 16-bit
     features return a finite number for r2 = inf; adding this keeps "non-finite inputs give a non-finite
-    loss" (SPEC.md section 4). O(B·(N + M)), no host synchronisation."""
+    loss" (docs/contract.md section 4). O(B·(N + M)), no host synchronisation."""
     marker = (src_xy * 0).sum(dim=(-2, -1)).reshape(-1, 1)
     tgt_marker = (tgt_xy * 0).sum(dim=(-2, -1)).reshape(-1, 1)
     return (marker + tgt_marker).expand(batch, 1)
@@ -398,14 +405,14 @@ def warp_loss_forward(src, tgt, src_xy, tgt_xy, pow: float, scale: float) -> tup
     config = launch_config("warp_fwd", c_pad, src.dtype, even_c=c == c_pad)
     src_planar = _coordinates(src_xy, batch, src, pow)
     tgt_planar = _coordinates(tgt_xy, batch, src, pow)
-    stat_dtype = accumulator_dtype(src.dtype)
+    stat_dtype = precision.accumulate_dtype(src.dtype)
     rows = torch.empty((batch, n), dtype=stat_dtype, device=src.device)
     lse = torch.empty((batch, n), dtype=lse_dtype(src.dtype), device=src.device)
     _warp_fwd_kernel[(triton.cdiv(n, config.block_n), batch)](
         src, tgt, src_planar, tgt_planar, rows, lse, n, m, c,
         *split_scalar(log2_scale(scale)), *split_scalar(0.5 * pow),
         C_PAD=c_pad, BLOCK_N=config.block_n, BLOCK_M=config.block_m, K_CHUNK=config.k_chunk,
-        POW_MODE=pow_mode(pow), IS_FP64=src.dtype == torch.float64, EVEN_C=c == c_pad,
+        POW_MODE=pow_mode(pow), IS_FP64=src.dtype == torch.float64, EVEN_C=c == c_pad, DOT=dot_algorithm(src.dtype),
         num_warps=config.num_warps, num_stages=config.num_stages, enable_fp_fusion=FP_FUSION,
         maxnreg=config.max_registers,
     )
@@ -437,7 +444,8 @@ def warp_loss_backward(grad_rows, src, tgt, src_xy, tgt_xy, rows, lse, pow: floa
     stats = torch.empty((batch, 3, src_planar.shape[-1]), dtype=rows.dtype, device=src.device)
     scalars = (*split_scalar(scale), *split_scalar(log2_scale(scale)), *split_scalar(0.5 * pow))
     constexprs = dict(C_PAD=c_pad, BLOCK_N=config.block_n, BLOCK_M=config.block_m, K_CHUNK=config.k_chunk,
-                      POW_MODE=pow_mode(pow), IS_FP64=src.dtype == torch.float64, EVEN_C=c == c_pad)
+                      POW_MODE=pow_mode(pow), IS_FP64=src.dtype == torch.float64, EVEN_C=c == c_pad,
+                      DOT=dot_algorithm(src.dtype))
     launch = dict(num_warps=config.num_warps, num_stages=config.num_stages, enable_fp_fusion=FP_FUSION,
                   maxnreg=config.max_registers)
     _warp_bwd_src_kernel[(triton.cdiv(n, config.block_n), batch)](
@@ -451,19 +459,19 @@ def warp_loss_backward(grad_rows, src, tgt, src_xy, tgt_xy, rows, lse, pow: floa
 def warp_loss_specializations() -> list:
     """Every (kernel, constexprs, warps, stages) the launchers above can pick, for AOT compilation."""
     specs = []
-    for dtype in FEATURE_DTYPES:
+    for dtype, dot in DTYPE_DOTS:
         feat = "*" + triton_type(dtype)
-        stat = "*" + triton_type(accumulator_dtype(dtype))
+        stat = "*" + triton_type(precision.accumulate_dtype(dtype))
         lse = "*" + triton_type(lse_dtype(dtype))
         ints = dict(N="i32", M="i32", C="i32")
         for c_pad, even_c in [(c_pad, even_c) for c_pad in CHANNEL_PADS for even_c in (True, False)]:
             for mode in POW_MODES:
                 ragged = "" if even_c else "_ragged"
-                tag = f"{triton_type(dtype)}_c{c_pad}_{POW_MODE_NAMES[mode]}"
+                tag = f"{triton_type(dtype)}{dot_suffix(dot)}_c{c_pad}_{POW_MODE_NAMES[mode]}"
                 config = launch_config("warp_fwd", c_pad, dtype, even_c)
                 constexprs = dict(C_PAD=c_pad, BLOCK_N=config.block_n, BLOCK_M=config.block_m,
                                   K_CHUNK=config.k_chunk, POW_MODE=mode,
-                                  IS_FP64=dtype == torch.float64, EVEN_C=even_c)
+                                  IS_FP64=dtype == torch.float64, EVEN_C=even_c, DOT=dot)
                 specs.append(make_specialization(
                     f"warp_fwd_{tag}{ragged}", _warp_fwd_kernel,
                     dict(Src=feat, Tgt=feat, SrcXY=stat, TgtXY=stat, Rows=stat, Lse=lse, **ints,
