@@ -1,4 +1,4 @@
-"""Independent loop implementations of SPEC.md sections 1-2, the judges of ``dve_kernels.reference``.
+"""Independent loop implementations of docs/contract.md sections 1-2, the judges of ``dve_kernels.reference``.
 
 Written straight from the equations, one source pixel at a time (a softmax over one row, distances in Python
 floats), with none of the batched matrices, helpers or conventions of the package (no ``reference``, ``conventions`` or ``functional`` import): when a test compares

@@ -1,6 +1,6 @@
 """The drop-in losses and public ops on every backend (``"reference"`` included) against independent computations:
 the per-pixel loops of tests/_loops.py (float64, from the equations) and the original repository's code
-(``dve_kernels.original``); ``dve_kernels.reference`` only sets the float32 error yardstick (SPEC.md section 4)."""
+(``dve_kernels.original``); ``dve_kernels.reference`` only sets the float32 error yardstick (docs/contract.md section 4)."""
 
 import pytest
 import torch
@@ -48,7 +48,7 @@ def test_drop_in_matches_original(backend, dve, dtype, rtol):
         (feats_orig,), {"grid": grid.double()})
     (grad_orig,) = torch.autograd.grad(theirs, feats_orig)
     torch.testing.assert_close(ours.double(), theirs.double(), rtol=max(rtol, 1e-6 if dve else 0), atol=0)
-    # The dense float32 computation's own gradient error sets the float32 bound (SPEC.md section 4).
+    # The dense float32 computation's own gradient error sets the float32 bound (docs/contract.md section 4).
     if dtype == torch.float32:
         dense = (reference.dense_correlation_loss_dve if dve else reference.dense_correlation_loss)(
             feats, {"grid": grid})
@@ -100,5 +100,43 @@ def test_public_ops_match_loops(backend):
 def test_auto_picks_the_compiled_cpu_kernels_for_cpu_tensors():
     _skip_unavailable("cpu")
     cpu = torch.device("cpu")
-    assert functional.resolve_backend("auto", cpu) == functional.resolve_backend("cpu", cpu) == "fused"
-    assert functional.resolve_backend("reference", cpu) == "dense"
+    assert functional.resolve_backend("auto", cpu) == functional.resolve_backend("cpu", cpu) == "cpu"
+    assert functional.resolve_backend("reference", cpu) == "reference"
+
+
+class _RecordOps(torch.utils._python_dispatch.TorchDispatchMode):
+    """Records the dtypes of the tensors that reach ``torch.ops.dve_kernels`` (name -> list of dtype tuples)."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = {}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.namespace == "dve_kernels":
+            dtypes = tuple(a.dtype for a in args if isinstance(a, torch.Tensor))
+            self.calls.setdefault(func._schema.name.split("::")[-1], []).append(dtypes)
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("dtype, expected", [(torch.float32, torch.float32), (torch.float64, torch.float64),
+                                             (torch.bfloat16, torch.float32), (torch.float16, torch.float32)],
+                         ids=str)
+def test_the_drop_in_hands_the_cpu_kernels_its_own_dtype(dtype, expected):
+    """The precision policy (dve_kernels.precision): a float32 drop-in call computes in float32, float64 in float64,
+    and 16-bit features reach the CPU's float32 kernels; the features of every op (forward and backward) have that
+    dtype, and the loss has the features' coordinate dtype."""
+    _skip_unavailable("cpu")
+    feats, grid = make_inputs(2, 8, 5, 4, 2, torch.float64)
+    feats = feats.detach().to(dtype).requires_grad_(True)
+    recorder = _RecordOps()
+    with recorder:
+        loss = dve_kernels.dense_correlation_loss_dve(feats, {"grid": grid.to(dtype)}, backend="cpu")
+        loss.backward()
+    assert sorted(recorder.calls) == ["exchange_bwd", "exchange_fwd", "warp_loss_bwd", "warp_loss_fwd"]
+    feature_args = {"exchange_fwd": 2, "exchange_bwd": 3, "warp_loss_fwd": 2, "warp_loss_bwd": 3}
+    for name, calls in recorder.calls.items():
+        for dtypes in calls:
+            first = 1 if name == "warp_loss_bwd" else 0  # grad_rows is a coordinate-dtype tensor
+            assert set(dtypes[first:first + feature_args[name]]) == {expected}, (name, dtypes)
+    assert loss.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
+    assert feats.grad.dtype == dtype

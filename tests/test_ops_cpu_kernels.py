@@ -61,7 +61,7 @@ def _coords(batch, rows, dtype=torch.float64, extent=40.0):
     return (torch.rand(batch, rows, 2, dtype=torch.float64) * extent).to(dtype)
 
 
-def _coordinate_dtype(dtype):
+def _accumulate_dtype(dtype):
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
@@ -98,7 +98,7 @@ def _warp_cases(shape, dtype, pow, scale=1.0, normalize=True):
     tgt = _features(batch, m, channels, normalize=normalize)
     src_xy, tgt_xy = _coords(batch, n), _coords(batch, m)
     upstream = torch.rand(batch, n, dtype=torch.float64) - 0.3
-    xy_dtype = _coordinate_dtype(dtype)
+    xy_dtype = _accumulate_dtype(dtype)
 
     def fused_fn(s, t):
         return _warp_rows_cpu(s, t, src_xy.to(xy_dtype), tgt_xy.to(xy_dtype), pow, scale)
@@ -117,14 +117,14 @@ NAMES_WARP = ("rows", "grad_src", "grad_tgt")
 
 
 def _assert_float32_rule(exact, fused, dense, names):
-    """SPEC.md section 4 (tests/_tolerance.py), float32 results for float32 inputs."""
+    """docs/contract.md section 4 (tests/_tolerance.py), float32 results for float32 inputs."""
     for name, f in zip(names, fused):
         assert f.dtype == torch.float32, f"{name}: float32 inputs must give float32 results, got {f.dtype}"
     assert_within(fused, exact, dense, torch.float32, names)
 
 
 def _assert_low_precision_rule(exact, fused, dense, names, dtype):
-    """SPEC.md section 4 (16-bit storage; tests/_tolerance.py): at most twice the dense computation's error in the
+    """docs/contract.md section 4 (16-bit storage; tests/_tolerance.py): at most twice the dense computation's error in the
     same dtype, with its floor for dense errors that are zero by luck (one-hot probabilities, C = 1)."""
     assert_within(fused, exact, dense, dtype, names)
 
@@ -267,7 +267,7 @@ def test_unknown_instruction_set_makes_backend_cpu_say_why():
 
 
 def test_no_tensor_grows_with_n_times_m():
-    """SPEC.md section 4, at a size where N·M (1.3M) is far above B·(N + M)·C (82K)."""
+    """docs/contract.md section 4, at a size where N·M (1.3M) is far above B·(N + M)·C (82K)."""
     from dve_kernels.memory import AllocationRecorder
 
     batch, n, m, channels = 1, 1031, 1283, 32
@@ -291,7 +291,7 @@ def _op_samples(dtype):
     batch, n, m, channels = 2, 13, 9, 5
     query = _features(batch, n, channels, dtype)
     aux = _features(batch, m, channels, dtype)
-    xy_dtype = _coordinate_dtype(dtype)
+    xy_dtype = _accumulate_dtype(dtype)
     src_xy, tgt_xy = _coords(batch, n, xy_dtype), _coords(batch, m, xy_dtype)
     out, lse = ops.exchange_fwd(query, aux, 0.3)
     rows, lse_rows = ops.warp_loss_fwd(query, aux, src_xy, tgt_xy, 0.5, 0.3)

@@ -1,20 +1,20 @@
-"""The torch.library contract (SPEC.md section 4), for every backend: one schema per op, fakes whose strides are
+"""The torch.library contract (docs/contract.md section 4), for every backend: one schema per op, fakes whose strides are
 what the kernels return, opcheck on contiguous, non-contiguous, expanded and offset inputs, the public functions
 under ``torch.compile(fullgraph=True)`` with inductor, and double backward refused with a clear error (or, on the
 dense path, right)."""
 
 from __future__ import annotations
 
-import os
 
 import pytest
 import torch
 
 import dve_kernels
 from dve_kernels import _library, reference
+from dve_kernels._env import triton_interpreter_requested
 
 ops = torch.ops.dve_kernels
-INTERPRETER = os.environ.get("TRITON_INTERPRET") == "1" and not torch.cuda.is_available()
+INTERPRETER = triton_interpreter_requested() and not torch.cuda.is_available()
 FUSED = [pytest.param("cpu", marks=pytest.mark.skipif(not _library.CPU_KERNELS, reason="dve_kernels._C not built")),
          pytest.param("triton", marks=pytest.mark.skipif(not (INTERPRETER or torch.cuda.is_available()),
                                                          reason="needs a GPU or TRITON_INTERPRET=1"))]

@@ -1,4 +1,4 @@
-"""Seed sweeps of SPEC.md section 4's error promise: hundreds of random inputs per family, every gradient.
+"""Seed sweeps of docs/contract.md section 4's error promise: hundreds of random inputs per family, every gradient.
 
 Each seed draws one input of its family: sharp softmaxes (x20-normalised vectors, and raw logits up to +-1e4),
 tiny and one-row maps, strides 1-4, C from 1 to 256, num_aux 1-3, pow 0.5 / 1 / 2, in float32 (against twice
@@ -14,6 +14,7 @@ logits (what any float32-accumulating dot gives at best).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 import os
 import sys
 
@@ -25,17 +26,21 @@ if __package__ in (None, ""):
 
 import dve_kernels  # noqa: E402
 from dve_kernels import original, reference  # noqa: E402
+from dve_kernels._env import triton_interpreter_requested  # noqa: E402
 
 try:
-    from tests._tolerance import max_norm, ratio  # noqa: E402
+    from tests._tolerance import Family, max_norm, neighbourhood, one_ulp_neighbour, ratio, relative_error  # noqa: E402
 except ImportError:  # collected by pytest with tests/ on sys.path
-    from _tolerance import max_norm, ratio  # noqa: E402
+    from _tolerance import Family, max_norm, neighbourhood, one_ulp_neighbour, ratio, relative_error  # noqa: E402
 
 SEEDS_CPU = 200
 SEEDS_CPU_FLOAT64 = 50  # the fast tier; the slow tier runs the rest of SEEDS_CPU
 SEEDS_INTERPRETER = 4  # the fast tier; the slow tier runs SEEDS_INTERPRETER_SLOW
 SEEDS_INTERPRETER_SLOW = 12
 SEEDS_CPU_16BIT = 50  # the drop-in families in float16 and bfloat16, fast tier; the slow tier runs the rest of SEEDS_CPU
+SEEDS_CONTROL = 100  # the control (the dense computation itself) and the bias check
+CONTROL_MISSES, CONTROL_WORST = 0.02, 1.25  # what the control may miss by (see the control test)
+INTERPRETER_DTYPES = (torch.float32, torch.float16)  # the interpreter has no bfloat16 arithmetic
 HALF_DTYPES = (torch.float16, torch.bfloat16)
 CHANNELS = (1, 2, 3, 5, 16, 17, 33, 64, 100, 128, 256)
 
@@ -66,19 +71,37 @@ def _run(fn, inputs, upstream):
     return [out.detach()] + [grad.detach() for grad in grads]
 
 
-def _compare(fn_fused, fn_dense, inputs64, upstream, dtype):
-    """Worst ratio over the output and every gradient of ``fn_fused`` in ``dtype`` against float64 from the same
-    ``dtype``-rounded inputs (what the op receives)."""
-    inputs64 = [x.to(dtype).double() for x in inputs64]
-    exact = _run(fn_dense, inputs64, upstream)
-    fused = _run(fn_fused, [x.to(dtype) for x in inputs64], upstream)
-    dense = _run(fn_dense, [x.to(dtype) for x in inputs64], upstream) if dtype != torch.float64 else None
+@dataclass
+class Outcome:
+    """One input of a sweep: the worst error-to-tolerance ratio of its results (the per-input rule), and the worst
+    relative errors of the fused results and of the dense computation over the input's neighbourhood (the per-input
+    rule's yardstick; for the family rule)."""
+
+    ratio: float
+    fused: float
+    dense: float
+
+
+def _compare(fn_fused, fn_dense, inputs64, upstream, dtype, generator):
+    """The output and every gradient of ``fn_fused`` in ``dtype`` against float64 from the same ``dtype``-rounded
+    inputs (what the op receives), each within the rule's bound from the dense computation at the input and its
+    one-ulp neighbours. ``fn_fused`` = CONTROL: the dense computation at a further neighbour (a legitimate float32
+    pipeline, which the rule must let through)."""
+    inputs = [x.to(dtype) for x in inputs64]
+    exact = _run(fn_dense, [x.double() for x in inputs], upstream)
+    if fn_fused is CONTROL:
+        fused = _run(fn_dense, [one_ulp_neighbour(x, generator) for x in inputs], upstream)
+    else:
+        fused = _run(fn_fused, inputs, upstream)
+    runs = [] if dtype == torch.float64 else [_run(fn_dense, nbr, upstream) for nbr in neighbourhood(inputs, generator)]
     # the size a gradient would have without cancellation: output x the largest input (upstream is O(1))
-    scale = max_norm(exact[0]) * max(max_norm(x) for x in inputs64)
-    worst = 0.0
-    for i, (f, e) in enumerate(zip(fused, exact)):
-        worst = max(worst, ratio(f, e, None if dense is None else dense[i], dtype, scale=scale if i else 0.0))
-    return worst
+    scale = max_norm(exact[0]) * max(max_norm(x) for x in inputs)
+    worst = max(ratio(f, e, [run[i] for run in runs], dtype, scale=scale if i else 0.0)
+                for i, (f, e) in enumerate(zip(fused, exact)))
+    fused_rel = max(relative_error(f, e, scale if i else 0.0) for i, (f, e) in enumerate(zip(fused, exact)))
+    dense_rel = max((relative_error(d, e, scale if i else 0.0) for run in runs for i, (d, e) in enumerate(zip(run, exact))),
+                    default=0.0)
+    return Outcome(worst, fused_rel, dense_rel)
 
 
 class _RoundToFloat32(torch.autograd.Function):
@@ -100,12 +123,16 @@ def _float32_logits(src, tgt):
 
 
 def _exchange_fn(backend):
+    if backend == CONTROL:
+        return CONTROL
     if backend == FLOAT32_LOGITS:
         return lambda q, a: torch.bmm(_float32_logits(q, a), a.double()).to(q.dtype)
     return lambda q, a: dve_kernels.exchange(q, a, backend=backend)
 
 
 def _warp_loss_fn(backend, src_xy, tgt_xy, pow):
+    if backend == CONTROL:
+        return CONTROL
     if backend == FLOAT32_LOGITS:
         def emulated(s, t):
             distances = reference.pairwise_distances(src_xy.double(), tgt_xy.double(), pow)
@@ -117,6 +144,9 @@ def _warp_loss_fn(backend, src_xy, tgt_xy, pow):
 
 #: A pseudo-backend for the op families: float64 arithmetic with float32-rounded logits (see _float32_logits).
 FLOAT32_LOGITS = "float32-logits"
+#: The control pseudo-backend: the dense computation in the same dtype at a further one-ulp neighbour of each input,
+#: a legitimate pipeline that the rule must pass before a kernel is held to it.
+CONTROL = "control"
 
 
 def exchange_case(seed, backend, dtype):
@@ -125,7 +155,7 @@ def exchange_case(seed, backend, dtype):
     sharpness = _sharpness(g)
     query, aux = _draw_features(g, batch, n, channels, sharpness), _draw_features(g, batch, m, channels, sharpness)
     upstream = torch.randn(batch, n, channels, generator=g, dtype=torch.float64)
-    return _compare(_exchange_fn(backend), lambda q, a: reference.exchange(q, a), [query, aux], upstream, dtype)
+    return _compare(_exchange_fn(backend), lambda q, a: reference.exchange(q, a), [query, aux], upstream, dtype, g)
 
 
 def warp_loss_case(seed, backend, dtype):
@@ -145,7 +175,7 @@ def warp_loss_case(seed, backend, dtype):
     def dense(s, t):
         return reference.warp_loss(s, t, src_xy.to(s.dtype), tgt_xy.to(s.dtype), pow=pow, reduction="none")
 
-    return _compare(fused, dense, [src, tgt], upstream, dtype)
+    return _compare(fused, dense, [src, tgt], upstream, dtype, g)
 
 
 def _draw_dve_input(seed):
@@ -165,76 +195,107 @@ def _draw_dve_input(seed):
     return feats.double(), grid.double(), dict(pow=pow, normalize_vectors=normalize, num_aux=num_aux)
 
 
-def drop_in_ratios(seed, backend, dtype, dve=True):
-    """The public drop-in end to end (normalise, exchange when ``dve``, warp loss), against the original
-    repository's code: (loss ratio to 1e-5 relative, gradient ratio to twice the dense error)."""
+def drop_in_case(seed, backend, dtype, dve=True):
+    """The public drop-in end to end (normalise, exchange when ``dve``, warp loss), against the original repository's
+    code in the same dtype at the input and its one-ulp neighbours (features and grid moved): the loss within 1e-5
+    relative of float64 (16-bit: twice the dense error), the gradient within the per-input rule."""
     feats, grid, kwargs = _draw_dve_input(seed)
-    if dtype in HALF_DTYPES:  # values the 16-bit dtype holds
-        feats, grid = feats.to(dtype).double(), grid.to(dtype).double()
+    generator = torch.Generator().manual_seed(10_000 + seed)
     if not dve:
         kwargs = {k: v for k, v in kwargs.items() if k != "num_aux"}
     fused_fn = dve_kernels.dense_correlation_loss_dve if dve else dve_kernels.dense_correlation_loss
     reference_fn = reference.dense_correlation_loss_dve if dve else reference.dense_correlation_loss
 
-    def run(fn, dt, with_num_aux=True, **extra):
-        f = feats.to(dt).requires_grad_(True)
+    def run(fn, f, g, with_num_aux=True, **extra):
+        f = f.detach().clone().requires_grad_(True)
         args = kwargs if with_num_aux else {k: v for k, v in kwargs.items() if k != "num_aux"}
-        loss = fn(f, {"grid": grid.to(dt)}, **args, **extra)
+        loss = fn(f, {"grid": g}, **args, **extra)
         (grad,) = torch.autograd.grad(loss, f)
         return loss.detach(), grad
 
-    exact = run(reference_fn, torch.float64)
-    fused = run(fused_fn, dtype, backend=backend)
+    def dense(f, g):  # the yardstick: the original's code where it applies (one auxiliary image), else the reference
+        if not dve:
+            return run(original.dense_correlation_loss, f, g)
+        if kwargs["num_aux"] == 1:
+            return run(original.dense_correlation_loss_dve, f, g, with_num_aux=False)
+        return run(reference.dense_correlation_loss_dve, f, g)
+
+    inputs = [feats.to(dtype), grid.to(dtype)]  # the values the dtype holds
+    exact = run(reference_fn, *[x.double() for x in inputs])
     if dtype == torch.float64:
+        fused = run(fused_fn, *inputs, backend=backend)
         r = max(ratio(f, e, None, dtype) for f, e in zip(fused, exact))
-        return r, r
-    # the dense yardstick: the original repository's code (dve_kernels.original, float32 F.normalize and all) where
-    # it applies (one auxiliary image), the dense reference otherwise
-    if not dve:
-        dense = run(original.dense_correlation_loss, dtype)
-    elif kwargs["num_aux"] == 1:
-        dense = run(original.dense_correlation_loss_dve, dtype, with_num_aux=False)
+        return Outcome(r, 0.0, 0.0)
+    if backend == CONTROL:
+        fused = dense(*[one_ulp_neighbour(x, generator) for x in inputs])
     else:
-        dense = run(reference.dense_correlation_loss_dve, dtype)
+        fused = run(fused_fn, *inputs, backend=backend)
+    runs = [dense(*nbr) for nbr in neighbourhood(inputs, generator)]
     if dtype == torch.float32:
         loss_ratio = abs(fused[0].item() - exact[0].item()) / (1e-5 * abs(exact[0].item()) + 1e-30)
     else:
-        loss_ratio = ratio(fused[0], exact[0], dense[0], dtype)
+        loss_ratio = ratio(fused[0], exact[0], runs[0][0], dtype)
     # the problem's own gradient scale (loss over feature size), for gradients that vanish in exact arithmetic
-    # (C = 1 with normalised vectors, one-hot rows): they are compared at float32 resolution of that scale
+    # (C = 1 with normalised vectors, one-hot rows): they are compared at the dtype's resolution of that scale
     scale = abs(exact[0].item()) / max(feats.abs().max().item(), 1e-30)
-    return loss_ratio, ratio(fused[1], exact[1], dense[1], dtype, scale=scale)
+    grad_ratio = ratio(fused[1], exact[1], [run_[1] for run_ in runs], dtype, scale=scale)
+    return Outcome(max(loss_ratio, grad_ratio), relative_error(fused[1], exact[1], scale),
+                   max(relative_error(run_[1], exact[1], scale) for run_ in runs))
 
 
 def dve_loss_case(seed, backend, dtype):
-    return max(drop_in_ratios(seed, backend, dtype))
+    return drop_in_case(seed, backend, dtype)
 
 
 def correlation_loss_case(seed, backend, dtype):
-    return max(drop_in_ratios(seed, backend, dtype, dve=False))
+    return drop_in_case(seed, backend, dtype, dve=False)
 
 
 FAMILIES = {"exchange": exchange_case, "warp_loss": warp_loss_case, "dve_loss": dve_loss_case,
             "correlation_loss": correlation_loss_case}
 
 
-def sweep(family, backend, dtype, seeds):
-    """(worst ratio, its seed, the seeds that missed)."""
-    worst, worst_seed, missed = 0.0, None, []
+@dataclass
+class Sweep:
+    """A family's sweep: the worst per-input ratio (and its seed), the inputs that missed, the family record."""
+
+    worst: float
+    worst_seed: int | None
+    missed: list
+    family: Family
+
+    def line(self) -> str:
+        text = f"worst ratio {self.worst:.3f} (seed {self.worst_seed})  missed {len(self.missed)}"
+        if self.family.dtype != torch.float64:
+            text += (f"  median fused/dense {self.family.median_ratio():.3f}  worst fused / (2 x worst dense) "
+                     f"{self.family.worst_ratio():.3f}")
+        return text
+
+
+def sweep(family, backend, dtype, seeds) -> Sweep:
+    worst, worst_seed, missed, record = 0.0, None, [], Family(dtype)
     for seed in seeds:
-        r = FAMILIES[family](seed, backend, dtype)
-        if not r <= 1.0:
-            missed.append((seed, r))
-        if not r <= worst:
-            worst, worst_seed = r, seed
-    return worst, worst_seed, missed
+        outcome = FAMILIES[family](seed, backend, dtype)
+        record.add(outcome.fused, outcome.dense)
+        if not outcome.ratio <= 1.0:
+            missed.append((seed, outcome.ratio))
+        if not outcome.ratio <= worst:
+            worst, worst_seed = outcome.ratio, seed
+    return Sweep(worst, worst_seed, missed, record)
+
+
+def _check(result: Sweep, seeds, record_property, context):
+    record_property("worst_ratio", result.worst)
+    assert not result.missed, (f"{context}: {len(result.missed)} of {len(seeds)} inputs miss the per-input rule "
+                               f"(seed, ratio): {result.missed[:10]}")
+    if result.family.dtype != torch.float64 and len(seeds) >= 20:  # a distribution needs inputs
+        summary = result.family.check(context)
+        record_property("median_ratio", summary["median"])
 
 
 def _cpu_sweep(family, dtype, seeds, record_property):
     pytest.importorskip("dve_kernels._C")
-    worst, seed, missed = sweep(family, "cpu", dtype, seeds)
-    record_property("worst_ratio", worst)
-    assert not missed, f"{len(missed)} of {len(seeds)} inputs miss the rule (seed, ratio): {missed[:10]}"
+    _check(sweep(family, "cpu", dtype, seeds), seeds, record_property, f"cpu {family} {dtype}")
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
@@ -267,66 +328,98 @@ def test_sweep_cpu_float64_more_seeds(family, record_property):
     _cpu_sweep(family, torch.float64, range(SEEDS_CPU_FLOAT64, SEEDS_CPU), record_property)
 
 
-def _triton_sweep(family, seeds, record_property):
-    if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
+def _triton_sweep(family, dtype, seeds, record_property):
+    if not torch.cuda.is_available() and not triton_interpreter_requested():
         pytest.skip("the Triton kernels run on CPU only under TRITON_INTERPRET=1")
     pytest.importorskip("triton")
-    worst, seed, missed = sweep(family, "triton", torch.float32, seeds)
-    record_property("worst_ratio", worst)
-    assert not missed, f"{len(missed)} of {len(seeds)} inputs miss the rule (seed, ratio): {missed}"
+    _check(sweep(family, "triton", dtype, seeds), seeds, record_property, f"triton {family} {dtype}")
 
 
+@pytest.mark.parametrize("dtype", INTERPRETER_DTYPES, ids=str)
 @pytest.mark.parametrize("family", sorted(FAMILIES))
-def test_sweep_triton_interpreter(family, record_property):
-    _triton_sweep(family, range(SEEDS_INTERPRETER), record_property)
+def test_sweep_triton_interpreter(family, dtype, record_property):
+    _triton_sweep(family, dtype, range(SEEDS_INTERPRETER), record_property)
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("dtype", INTERPRETER_DTYPES, ids=str)
 @pytest.mark.parametrize("family", sorted(FAMILIES))
-def test_sweep_triton_interpreter_more_seeds(family, record_property):
-    _triton_sweep(family, range(SEEDS_INTERPRETER, SEEDS_INTERPRETER_SLOW), record_property)
+def test_sweep_triton_interpreter_more_seeds(family, dtype, record_property):
+    _triton_sweep(family, dtype, range(SEEDS_INTERPRETER, SEEDS_INTERPRETER_SLOW), record_property)
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_the_rule_passes_the_dense_computation_itself(family, record_property):
+    """The control: before any kernel is held to the rule, the dense float32 computation at a further one-ulp
+    neighbour of each input (a legitimate float32 pipeline) passes it: the family rule, and the per-input rule on all
+    but CONTROL_MISSES of the inputs, none by more than CONTROL_WORST. A single draw of a heavy-tailed error can
+    exceed four times the largest of four others (5 of 800 control runs here, worst 1.18x, on raw logits of ~1e3
+    and on gradients that vanish in exact arithmetic); the kernels keep the rule on every input."""
+    result = sweep(family, CONTROL, torch.float32, range(SEEDS_CONTROL))
+    record_property("worst_ratio", result.worst)
+    assert len(result.missed) <= CONTROL_MISSES * SEEDS_CONTROL and result.worst <= CONTROL_WORST, result.line()
+    result.family.check(f"control {family}")
+
+
+def test_the_rule_catches_a_small_bias():
+    """And the rule is not vacuous: the drop-in with a 1e-4 relative bias on its loss's gradient (a systematic error
+    ten times float32's resolution of the problem) misses the family rule that the kernels keep."""
+    record = Family(torch.float32)
+    for seed in range(SEEDS_CONTROL):
+        outcome = drop_in_case(seed, CONTROL, torch.float32)
+        record.add(outcome.fused + 1e-4, outcome.dense)  # the control's errors, each moved by 1e-4 of the max-norm
+    with pytest.raises(AssertionError):
+        record.check("biased control")
 
 
 def test_issue_reproducers():
-    """The two inputs that missed the rule before the backward became robust (issue: float32 heavy tail)."""
+    """The two inputs that missed the rule before the backward became robust (issue: float32 heavy tail), held to
+    the per-input rule with the dense computation over the input's one-ulp neighbourhood."""
     pytest.importorskip("dve_kernels._C")
     for seed, feats_shape, grid_shape, pow in [(11, (4, 64, 8, 8), (2, 16, 16, 2), 0.5),
                                                (33, (6, 16, 1, 6), (3, 4, 24, 2), 1.0)]:
         g = torch.Generator().manual_seed(seed)
-        feats = torch.randn(*feats_shape, generator=g).double()
-        grid = torch.rand(*grid_shape, generator=g).double() * 2.2 - 1.1
+        feats = torch.randn(*feats_shape, generator=g)
+        grid = torch.rand(*grid_shape, generator=g) * 2.2 - 1.1
 
-        def grad(fn, dtype, **kwargs):
-            f = feats.to(dtype).requires_grad_(True)
-            (out,) = torch.autograd.grad(fn(f, {"grid": grid.to(dtype)}, pow=pow, **kwargs), f)
+        def grad(fn, f, gr, **kwargs):
+            f = f.detach().clone().requires_grad_(True)
+            (out,) = torch.autograd.grad(fn(f, {"grid": gr}, pow=pow, **kwargs), f)
             return out
 
-        exact = grad(reference.dense_correlation_loss_dve, torch.float64)
-        dense = grad(reference.dense_correlation_loss_dve, torch.float32)
-        fused = grad(dve_kernels.dense_correlation_loss_dve, torch.float32, backend="cpu")
+        exact = grad(reference.dense_correlation_loss_dve, feats.double(), grid.double())
+        dense = [grad(reference.dense_correlation_loss_dve, *nbr) for nbr in neighbourhood([feats, grid], g)]
+        fused = grad(dve_kernels.dense_correlation_loss_dve, feats, grid, backend="cpu")
         assert ratio(fused, exact, dense, torch.float32) <= 1.0, f"seed {seed}"
 
 
-if __name__ == "__main__":  # the closing-note numbers: worst ratio per backend, family and dtype
+if __name__ == "__main__":  # the closing-note numbers: per backend, family and dtype
     if not torch.cuda.is_available():
         os.environ.setdefault("TRITON_INTERPRET", "1")
     args = [a for a in sys.argv[1:] if not a.startswith("--")]
     count = int(args[0]) if args else SEEDS_CPU
+
+    def report(backend, family, dtype, seeds):
+        print(f"{backend:15s} {family:16s} {str(dtype):14s} seeds {len(seeds):4d}  "
+              f"{sweep(family, backend, dtype, seeds).line()}", flush=True)
+
     if "--float32-logits" in sys.argv:  # what float32-rounded logits alone cost (docs/gpu.md, TF32 splits)
         for family in ("exchange", "warp_loss"):
-            worst, seed, missed = sweep(family, FLOAT32_LOGITS, torch.float32, range(count))
-            print(f"{FLOAT32_LOGITS} {family:10s} seeds {count:4d}  worst ratio {worst:.3f} (seed {seed})  "
-                  f"missed {len(missed)}", flush=True)
+            report(FLOAT32_LOGITS, family, torch.float32, range(count))
+        sys.exit(0)
+    for family in sorted(FAMILIES):
+        report(CONTROL, family, torch.float32, range(count))
+        if "--float32-only" in sys.argv:
+            report("cpu", family, torch.float32, range(count))
+    if "--float32-only" in sys.argv:
         sys.exit(0)
     for family in ("correlation_loss", "dve_loss"):
         for dtype in HALF_DTYPES:
-            worst, seed, missed = sweep(family, "cpu", dtype, range(count))
-            print(f"cpu     {family:16s} {str(dtype):14s} seeds {count:4d}  worst ratio {worst:.3f} "
-                  f"(seed {seed})  missed {len(missed)}", flush=True)
-    for backend, dtypes, n in [("cpu", (torch.float32, torch.float64), count),
-                               ("triton", (torch.float32,), SEEDS_INTERPRETER_SLOW)]:
+            report("cpu", family, dtype, range(count))
+    for family in sorted(FAMILIES):
+        for dtype in (torch.float32, torch.float64):
+            report("cpu", family, dtype, range(count))
+    if "--no-triton" not in sys.argv:
         for family in sorted(FAMILIES):
-            for dtype in dtypes:
-                worst, seed, missed = sweep(family, backend, dtype, range(n))
-                print(f"{backend:7s} {family:16s} {str(dtype):14s} seeds {n:4d}  worst ratio {worst:.3f} "
-                      f"(seed {seed})  missed {len(missed)}", flush=True)
+            for dtype in INTERPRETER_DTYPES:
+                report("triton", family, dtype, range(SEEDS_INTERPRETER_SLOW))

@@ -7,18 +7,18 @@ than a GPU: sizes stay small. Values and gradients over every backend are in tes
 from __future__ import annotations
 
 import dataclasses
-import importlib
-import os
 
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from dve_kernels._env import triton_interpreter_requested
+
 triton = pytest.importorskip("triton")
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-if DEVICE == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+if DEVICE == "cpu" and not triton_interpreter_requested():
     pytest.skip("no GPU and TRITON_INTERPRET is not 1", allow_module_level=True)
 
 from dve_kernels import reference  # noqa: E402
@@ -56,8 +56,7 @@ def _interpreter_tiles(monkeypatch):
             config = dataclasses.replace(config, block_n=32, block_m=32)
         return config
 
-    for module in ("dve_kernels.ops.exchange", "dve_kernels.ops.warp_loss"):
-        monkeypatch.setattr(importlib.import_module(module), "launch_config", larger_tiles)
+    monkeypatch.setattr(_launch, "launch_config", larger_tiles)  # what kernel_constexprs reads
 
 
 # (B, N, M, C): odd, prime, N != M, B = 1, C across every padding bucket, M = 3N (num_aux = 3)
@@ -97,7 +96,7 @@ def _max_err(a, b):
 
 
 def _assert_float32_rule(fused, dense32, exact, what):
-    """SPEC.md section 4 (tests/_tolerance.py): no further from float64 than max(2x the dense float32 error, 1e-5
+    """docs/contract.md section 4 (tests/_tolerance.py): no further from float64 than max(2x the dense float32 error, 1e-5
     of the max-norm)."""
     assert_within([fused], [exact], [dense32], torch.float32, [what])
 
@@ -179,9 +178,7 @@ def test_channels_256(op):
 def test_many_tiles(monkeypatch):
     """Tiles of 16 so that rows, columns and their masked remainders span several programs and loop steps."""
     small = _launch.LaunchConfig(block_n=16, block_m=16, num_warps=4, num_stages=2)
-    # the modules, not the functions of the same name that dve_kernels.ops re-exports
-    for module in ("dve_kernels.ops.exchange", "dve_kernels.ops.warp_loss"):
-        monkeypatch.setattr(importlib.import_module(module), "launch_config", lambda *args, **kwargs: small)
+    monkeypatch.setattr(_launch, "launch_config", lambda *args, **kwargs: small)  # what kernel_constexprs reads
     _check_exchange((2, 53, 37, 20), scale=0.5, dtype=torch.float64)
     _check_warp((2, 53, 37, 20), 0.5, scale=0.5, dtype=torch.float64)
     _check_warp((1, 35, 67, 5), 0.7, scale=0.5)
@@ -229,7 +226,7 @@ HALF_SHAPES = [(1, 70, 200, 64), (2, 33, 45, 20)]
 
 
 def _assert_twice_dense(fused, dense, exact, what):
-    """SPEC.md section 4 for 16-bit inputs: error at most twice that of the dense computation in the same dtype."""
+    """docs/contract.md section 4 for 16-bit inputs: error at most twice that of the dense computation in the same dtype."""
     err, dense_err = _max_err(fused, exact), _max_err(dense, exact)
     assert torch.isfinite(fused).all(), what
     assert err <= max(2 * dense_err, 1e-6 * exact.abs().max().item()), f"{what}: {err:.3g} vs dense {dense_err:.3g}"

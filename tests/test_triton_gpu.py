@@ -1,7 +1,7 @@
 """The Triton kernels on a real GPU (skipped without CUDA): 16-bit accuracy, float32 without TF32,
 determinism and memory at sizes the interpreter cannot reach.
 
-SPEC.md section 4: fp16/bf16 errors against the float64 reference at most twice those of the dense
+docs/contract.md section 4: fp16/bf16 errors against the float64 reference at most twice those of the dense
 PyTorch computation in the same dtype (the FlashAttention test rule); fp32 no further than twice the
 dense float32 error or 1e-5 of the max-norm.
 """

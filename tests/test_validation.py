@@ -1,4 +1,4 @@
-"""Every bad input of SPEC.md section 4 is refused before any kernel runs, naming the argument."""
+"""Every bad input of docs/contract.md section 4 is refused before any kernel runs, naming the argument."""
 
 import sys
 
@@ -174,3 +174,16 @@ def test_validation_happens_before_any_kernel(monkeypatch):
         dve_kernels.exchange(torch.randn(1, 2, 3), torch.randn(1, 2, 4))
     with pytest.raises(ValueError, match="does not fit"):
         dve_kernels.dense_correlation_loss_dve(torch.randn(4, 3, 5, 4), {"grid": torch.rand(2, 10, 9, 2)})
+
+
+def test_channels_last_shape_is_named_as_a_layout_error():
+    """A (2B, H, W, C) tensor given for (2B, C, H, W) is called out as a layout error, not a grid mismatch; a
+    channels_last memory format of the right shape is accepted."""
+    grid = torch.rand(2, 12, 10, 2) * 2 - 1
+    with pytest.raises(ValueError, match=r"feats: expected the layout \(2B, C, H, W\).*channels last.*permute"):
+        dve_kernels.dense_correlation_loss_dve(torch.randn(4, 6, 5, 8), {"grid": grid}, backend="reference")
+    feats = torch.randn(4, 8, 6, 5)
+    expected = dve_kernels.dense_correlation_loss_dve(feats, {"grid": grid}, backend="reference")
+    got = dve_kernels.dense_correlation_loss_dve(feats.to(memory_format=torch.channels_last), {"grid": grid},
+                                                 backend="reference")
+    assert torch.equal(got, expected)

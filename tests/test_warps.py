@@ -1,4 +1,4 @@
-"""dve_kernels.warps: the SPEC's grid convention, keypoint warping, the original defaults."""
+"""dve_kernels.warps: the grid convention of docs/contract.md section 2, keypoint warping, the original defaults."""
 
 import math
 
