@@ -540,5 +540,26 @@ inline std::int64_t backward_chunks(std::int64_t batch, std::int64_t source_tile
   return std::max<std::int64_t>(1, std::min(wanted, source_tiles));
 }
 
+// The backward's target-side gradient: out[b, v, :] = the sum over chunks, in chunk order, of the private partial
+// sums partial[(chunk * batch + b) * rows_padded + v][:padded] (see backward_chunks). Deterministic: the order
+// depends only on the shapes.
+template <class S, class A>
+void sum_chunk_partials(const std::vector<A>& partial, std::int64_t chunks, std::int64_t batch, std::int64_t rows,
+                        std::int64_t rows_padded, std::int64_t channels, std::int64_t padded, S* out, int threads) {
+  const std::int64_t total_rows = batch * rows;
+#pragma omp parallel for schedule(static) num_threads(threads)
+  for (std::int64_t index = 0; index < total_rows; ++index) {
+    const std::int64_t b = index / rows;
+    const std::int64_t v = index % rows;
+    S* dst = out + index * channels;
+    for (std::int64_t c = 0; c < channels; ++c) {
+      A total = partial[(b * rows_padded + v) * padded + c];
+      for (std::int64_t chunk = 1; chunk < chunks; ++chunk)
+        total += partial[((chunk * batch + b) * rows_padded + v) * padded + c];
+      dst[c] = storage_traits<S>::store(total);
+    }
+  }
+}
+
 }  // namespace DVE_ISA_NS
 }  // namespace dve

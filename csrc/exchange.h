@@ -209,21 +209,7 @@ void exchange_backward(const S* grad_out, const S* query, const S* aux, const S*
     }
   }
 
-  // grad_aux = sum over chunks, in chunk order.
-  const std::int64_t total_rows = batch * n_aux;
-#pragma omp parallel for schedule(static) num_threads(threads)
-  for (std::int64_t index = 0; index < total_rows; ++index) {
-    const std::int64_t b = index / n_aux;
-    const std::int64_t w = index % n_aux;
-    S* dst = grad_aux + index * channels;
-    const A* first = partial.data() + (b * aux_rows_padded + w) * padded;
-    for (std::int64_t c = 0; c < channels; ++c) {
-      A total = first[c];
-      for (std::int64_t chunk = 1; chunk < chunks; ++chunk)
-        total += partial[((chunk * batch + b) * aux_rows_padded + w) * padded + c];
-      dst[c] = storage_traits<S>::store(total);
-    }
-  }
+  sum_chunk_partials(partial, chunks, batch, n_aux, aux_rows_padded, channels, padded, grad_aux, threads);
 }
 
 }  // namespace DVE_ISA_NS

@@ -234,19 +234,7 @@ void warp_loss_backward_impl(const compute_t<S>* grad_rows, const S* src, const 
     }
   }
 
-  const std::int64_t total_rows = batch * n_tgt;
-#pragma omp parallel for schedule(static) num_threads(threads)
-  for (std::int64_t index = 0; index < total_rows; ++index) {
-    const std::int64_t b = index / n_tgt;
-    const std::int64_t v = index % n_tgt;
-    S* dst = grad_tgt + index * channels;
-    for (std::int64_t c = 0; c < channels; ++c) {
-      A total = partial[(b * tgt_rows_padded + v) * padded + c];
-      for (std::int64_t chunk = 1; chunk < chunks; ++chunk)
-        total += partial[((chunk * batch + b) * tgt_rows_padded + v) * padded + c];
-      dst[c] = storage_traits<S>::store(total);
-    }
-  }
+  sum_chunk_partials(partial, chunks, batch, n_tgt, tgt_rows_padded, channels, padded, grad_tgt, threads);
 }
 
 }  // namespace detail

@@ -2,7 +2,8 @@
 
 Everything a launcher can choose is decided here, in one place, so that
 :func:`dve_kernels.ops.kernel_specializations` can enumerate it for ahead-of-time compilation, and the
-launchers and the AOT list build their compile-time arguments with the same :func:`kernel_constexprs`.
+launchers and the AOT list build their compile-time arguments with the same :func:`kernel_constexprs` (and
+:func:`launch_options`).
 """
 
 from __future__ import annotations
@@ -168,6 +169,24 @@ def launch_config(pass_name: str, c_pad: int, dtype: torch.dtype, even_c: bool =
     # one pipeline stage: the FMA dots re-read their slices from L1/L2 anyway, and a second stage of prefetched
     # slices pushed float64 at C_PAD = 256 past 255 registers (spills on sm_90; 182 registers with one stage)
     return LaunchConfig(16, 16, num_warps, 1, k_chunk, MAX_REGISTERS)
+
+
+def kernel_constexprs(pass_name: str, c_pad: int, dtype: torch.dtype, even_c: bool, dot: str,
+                      pow_mode: int | None = None) -> tuple[dict, LaunchConfig]:
+    """The compile-time arguments of a pass's kernels and its LaunchConfig, built once for the launchers and the
+    AOT list alike (``pow_mode``: the warp loss's POW_MODE; the exchange has none)."""
+    config = launch_config(pass_name, c_pad, dtype, even_c)
+    constexprs = dict(C_PAD=c_pad, BLOCK_N=config.block_n, BLOCK_M=config.block_m, K_CHUNK=config.k_chunk,
+                      IS_FP64=dtype == torch.float64, EVEN_C=even_c, DOT=dot)
+    if pow_mode is not None:
+        constexprs["POW_MODE"] = pow_mode
+    return constexprs, config
+
+
+def launch_options(config: LaunchConfig) -> dict:
+    """The launch keywords of a LaunchConfig (warps, stages, FMA contraction, register limit)."""
+    return dict(num_warps=config.num_warps, num_stages=config.num_stages, enable_fp_fusion=FP_FUSION,
+                maxnreg=config.max_registers)
 
 
 def pow_mode(pow: float) -> int:

@@ -24,8 +24,8 @@ from ._launch import (
     dot_algorithm,
     dot_suffix,
     DTYPE_DOTS,
-    FP_FUSION,
-    launch_config,
+    kernel_constexprs,
+    launch_options,
     lse_dtype,
     lse_from_natural,
     lse_to_natural,
@@ -307,17 +307,12 @@ def exchange_forward(query: torch.Tensor, aux: torch.Tensor, scale: float) -> tu
     batch, n, c = query.shape
     m = aux.shape[1]
     c_pad = channel_pad(c)
-    config = launch_config("exchange_fwd", c_pad, query.dtype, even_c=c == c_pad)
+    constexprs, config = kernel_constexprs("exchange_fwd", c_pad, query.dtype, c == c_pad, dot_algorithm(query.dtype))
     out = torch.empty(query.shape, dtype=query.dtype, device=query.device)
     lse = torch.empty((batch, n), dtype=lse_dtype(query.dtype), device=query.device)
     grid = (triton.cdiv(n, config.block_n), batch)
     _exchange_fwd_kernel[grid](
-        query, aux, out, lse, n, m, c, *split_scalar(log2_scale(scale)),
-        C_PAD=c_pad, BLOCK_N=config.block_n, BLOCK_M=config.block_m, K_CHUNK=config.k_chunk,
-        IS_FP64=query.dtype == torch.float64, EVEN_C=c == c_pad, DOT=dot_algorithm(query.dtype),
-        num_warps=config.num_warps, num_stages=config.num_stages, enable_fp_fusion=FP_FUSION,
-        maxnreg=config.max_registers,
-    )
+        query, aux, out, lse, n, m, c, *split_scalar(log2_scale(scale)), **constexprs, **launch_options(config))
     return out, lse_to_natural(lse)
 
 
@@ -338,7 +333,8 @@ def exchange_backward(grad_out, query, aux, out, lse, scale: float) -> tuple[tor
     batch, n, c = query.shape
     m = aux.shape[1]
     c_pad = channel_pad(c)
-    config = launch_config("exchange_bwd", c_pad, query.dtype, even_c=c == c_pad)
+    constexprs, config = kernel_constexprs("exchange_bwd", c_pad, query.dtype, c == c_pad, dot_algorithm(query.dtype))
+    launch = launch_options(config)
     grad_out = grad_out.contiguous().to(query.dtype)
     grad_query = torch.empty(query.shape, dtype=query.dtype, device=query.device)
     grad_aux = torch.empty(aux.shape, dtype=aux.dtype, device=aux.device)
@@ -346,10 +342,6 @@ def exchange_backward(grad_out, query, aux, out, lse, scale: float) -> tuple[tor
     # query kernel for the aux kernel, in planes aligned to 16 elements (see _coordinate_stride)
     stats = torch.empty((batch, 3, aligned_stride(n)), dtype=precision.accumulate_dtype(query.dtype), device=query.device)
     scalars = (*split_scalar(scale), *split_scalar(log2_scale(scale)))
-    constexprs = dict(C_PAD=c_pad, BLOCK_N=config.block_n, BLOCK_M=config.block_m, K_CHUNK=config.k_chunk,
-                      IS_FP64=query.dtype == torch.float64, EVEN_C=c == c_pad, DOT=dot_algorithm(query.dtype))
-    launch = dict(num_warps=config.num_warps, num_stages=config.num_stages, enable_fp_fusion=FP_FUSION,
-                  maxnreg=config.max_registers)
     _exchange_bwd_query_kernel[(triton.cdiv(n, config.block_n), batch)](
         grad_out, query, aux, out, lse, stats, grad_query, n, m, c, *scalars, **constexprs, **launch)
     _exchange_bwd_aux_kernel[(triton.cdiv(m, config.block_m), batch)](
@@ -368,15 +360,12 @@ def exchange_specializations() -> list:
         for c_pad, even_c in [(c_pad, even_c) for c_pad in CHANNEL_PADS for even_c in (True, False)]:
             ragged = "" if even_c else "_ragged"
             tag = f"{triton_type(dtype)}{dot_suffix(dot)}_c{c_pad}"
-            config = launch_config("exchange_fwd", c_pad, dtype, even_c)
-            constexprs = dict(C_PAD=c_pad, BLOCK_N=config.block_n, BLOCK_M=config.block_m, K_CHUNK=config.k_chunk,
-                              IS_FP64=dtype == torch.float64, EVEN_C=even_c, DOT=dot)
+            constexprs, config = kernel_constexprs("exchange_fwd", c_pad, dtype, even_c, dot)
             specs.append(make_specialization(
                 f"exchange_fwd_{tag}{ragged}", _exchange_fwd_kernel,
                 dict(Query=feat, Aux=feat, Out=feat, Lse=lse, **ints, SCALE_LOG2E_HI="fp32", SCALE_LOG2E_LO="fp32"),
                 constexprs, config))
-            config = launch_config("exchange_bwd", c_pad, dtype, even_c)
-            constexprs = dict(constexprs, BLOCK_N=config.block_n, BLOCK_M=config.block_m, K_CHUNK=config.k_chunk)
+            constexprs, config = kernel_constexprs("exchange_bwd", c_pad, dtype, even_c, dot)
             scalars = dict(SCALE_HI="fp32", SCALE_LO="fp32", SCALE_LOG2E_HI="fp32", SCALE_LOG2E_LO="fp32")
             specs.append(make_specialization(
                 f"exchange_bwd_query_{tag}{ragged}", _exchange_bwd_query_kernel,

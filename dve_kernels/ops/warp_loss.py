@@ -27,8 +27,8 @@ from ._launch import (
     dot_algorithm,
     dot_suffix,
     DTYPE_DOTS,
-    FP_FUSION,
-    launch_config,
+    kernel_constexprs,
+    launch_options,
     lse_dtype,
     lse_from_natural,
     lse_to_natural,
@@ -402,7 +402,8 @@ def warp_loss_forward(src, tgt, src_xy, tgt_xy, pow: float, scale: float) -> tup
     batch, n, c = src.shape
     m = tgt.shape[1]
     c_pad = channel_pad(c)
-    config = launch_config("warp_fwd", c_pad, src.dtype, even_c=c == c_pad)
+    constexprs, config = kernel_constexprs("warp_fwd", c_pad, src.dtype, c == c_pad, dot_algorithm(src.dtype),
+                                           pow_mode(pow))
     src_planar = _coordinates(src_xy, batch, src, pow)
     tgt_planar = _coordinates(tgt_xy, batch, src, pow)
     stat_dtype = precision.accumulate_dtype(src.dtype)
@@ -410,12 +411,7 @@ def warp_loss_forward(src, tgt, src_xy, tgt_xy, pow: float, scale: float) -> tup
     lse = torch.empty((batch, n), dtype=lse_dtype(src.dtype), device=src.device)
     _warp_fwd_kernel[(triton.cdiv(n, config.block_n), batch)](
         src, tgt, src_planar, tgt_planar, rows, lse, n, m, c,
-        *split_scalar(log2_scale(scale)), *split_scalar(0.5 * pow),
-        C_PAD=c_pad, BLOCK_N=config.block_n, BLOCK_M=config.block_m, K_CHUNK=config.k_chunk,
-        POW_MODE=pow_mode(pow), IS_FP64=src.dtype == torch.float64, EVEN_C=c == c_pad, DOT=dot_algorithm(src.dtype),
-        num_warps=config.num_warps, num_stages=config.num_stages, enable_fp_fusion=FP_FUSION,
-        maxnreg=config.max_registers,
-    )
+        *split_scalar(log2_scale(scale)), *split_scalar(0.5 * pow), **constexprs, **launch_options(config))
     if _doubles_coordinates(src, pow):
         rows = rows + _non_finite_marker(src_xy, tgt_xy, batch)
     return rows, lse_to_natural(lse)
@@ -433,7 +429,9 @@ def warp_loss_backward(grad_rows, src, tgt, src_xy, tgt_xy, rows, lse, pow: floa
     batch, n, c = src.shape
     m = tgt.shape[1]
     c_pad = channel_pad(c)
-    config = launch_config("warp_bwd", c_pad, src.dtype, even_c=c == c_pad)
+    constexprs, config = kernel_constexprs("warp_bwd", c_pad, src.dtype, c == c_pad, dot_algorithm(src.dtype),
+                                           pow_mode(pow))
+    launch = launch_options(config)
     src_planar = _coordinates(src_xy, batch, src, pow)
     tgt_planar = _coordinates(tgt_xy, batch, src, pow)
     grad_rows = grad_rows.contiguous().to(rows.dtype)
@@ -443,11 +441,6 @@ def warp_loss_backward(grad_rows, src, tgt, src_xy, tgt_xy, rows, lse, pow: floa
     # the src kernel for the tgt kernel, planar like the coordinates (see _warp_bwd_src_kernel)
     stats = torch.empty((batch, 3, src_planar.shape[-1]), dtype=rows.dtype, device=src.device)
     scalars = (*split_scalar(scale), *split_scalar(log2_scale(scale)), *split_scalar(0.5 * pow))
-    constexprs = dict(C_PAD=c_pad, BLOCK_N=config.block_n, BLOCK_M=config.block_m, K_CHUNK=config.k_chunk,
-                      POW_MODE=pow_mode(pow), IS_FP64=src.dtype == torch.float64, EVEN_C=c == c_pad,
-                      DOT=dot_algorithm(src.dtype))
-    launch = dict(num_warps=config.num_warps, num_stages=config.num_stages, enable_fp_fusion=FP_FUSION,
-                  maxnreg=config.max_registers)
     _warp_bwd_src_kernel[(triton.cdiv(n, config.block_n), batch)](
         grad_rows, src, tgt, src_planar, tgt_planar, rows, lse, stats, grad_src, n, m, c, *scalars, **constexprs,
         **launch)
@@ -468,19 +461,14 @@ def warp_loss_specializations() -> list:
             for mode in POW_MODES:
                 ragged = "" if even_c else "_ragged"
                 tag = f"{triton_type(dtype)}{dot_suffix(dot)}_c{c_pad}_{POW_MODE_NAMES[mode]}"
-                config = launch_config("warp_fwd", c_pad, dtype, even_c)
-                constexprs = dict(C_PAD=c_pad, BLOCK_N=config.block_n, BLOCK_M=config.block_m,
-                                  K_CHUNK=config.k_chunk, POW_MODE=mode,
-                                  IS_FP64=dtype == torch.float64, EVEN_C=even_c, DOT=dot)
+                constexprs, config = kernel_constexprs("warp_fwd", c_pad, dtype, even_c, dot, mode)
                 specs.append(make_specialization(
                     f"warp_fwd_{tag}{ragged}", _warp_fwd_kernel,
                     dict(Src=feat, Tgt=feat, SrcXY=stat, TgtXY=stat, Rows=stat, Lse=lse, **ints,
                          SCALE_LOG2E_HI="fp32", SCALE_LOG2E_LO="fp32", POW_HALF_HI="fp32", POW_HALF_LO="fp32"),
                     constexprs, config,
                     tiles_per_iteration=3 if dtype.itemsize == 2 and mode == POW_FOURTH_ROOT else 1))
-                config = launch_config("warp_bwd", c_pad, dtype, even_c)
-                constexprs = dict(constexprs, BLOCK_N=config.block_n, BLOCK_M=config.block_m,
-                                  K_CHUNK=config.k_chunk)
+                constexprs, config = kernel_constexprs("warp_bwd", c_pad, dtype, even_c, dot, mode)
                 arg_types = dict(GradRows=stat, Src=feat, Tgt=feat, SrcXY=stat, TgtXY=stat, Rows=stat, Lse=lse,
                                  Stats=stat, GradSrc=feat, GradTgt=feat, **ints, SCALE_HI="fp32", SCALE_LO="fp32",
                                  SCALE_LOG2E_HI="fp32", SCALE_LOG2E_LO="fp32", POW_HALF_HI="fp32",
