@@ -57,7 +57,7 @@ job: env
 	$(PY) -m dve_kernels.train $(JOB_ARGS)
 
 bench: env
-	$(PY) -m pytest bench
+	$(PY) -m pytest bench $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) build $(CMAKE_BUILD) dve_kernels/_C*.so *.egg-info

@@ -1,4 +1,5 @@
-"""`pytest bench/`: options, and the results every run leaves under ``bench/results/<device>/``.
+"""`pytest bench/`: options, and the results every run leaves under ``bench/results/local/<device>/`` (git ignores it;
+committing results is an explicit step: ``--bench-out bench/results/<device>``).
 
 Options:
   --bench-full           the full grid (all resolutions up to 256², C in {3, 16, 64}, fp16/bf16 on GPU);
@@ -7,7 +8,7 @@ Options:
   --bench-budget-gib G   memory budget for running a case and for "largest trainable resolution"
                          (default 16 on GPU, 8 on CPU)
   --bench-seconds S      time spent sampling each case (default 1.0)
-  --bench-out DIR        where results go (default bench/results/<device>)
+  --bench-out DIR        where results go (default bench/results/local/<device>, ignored by git)
 
 Writes: ``benchmark-<time>.json`` (pytest-benchmark, one per run, with device, dtype, shape, provider, version and commit in
 ``extra_info``), ``results.csv`` (one CSV across runs: rows of a new run replace those with the same key),
@@ -16,18 +17,16 @@ and the plots of ``bench/plot.py``.
 
 from __future__ import annotations
 
-import csv
 import os
 import time
 
 import pytest
 import torch
 
-from .harness import CSV_COLUMNS, Settings, device_name
+from .harness import Settings, device_name, write_results
 
-RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
-KEY = ("kernel_name", "kernel_provider", "kernel_operation_mode", "metric_name", "x_value", "channels", "batch",
-       "dtype", "device")
+#: Where a run writes by default: a folder git ignores, so that `make bench` leaves the checkout clean.
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "local")
 
 
 def pytest_addoption(parser):
@@ -64,28 +63,6 @@ def bench_settings(request):
     yield settings
     if settings.rows:
         write_results(settings.out_dir, settings.rows)
-
-
-def write_results(out: str, rows: list, plot: bool = True) -> str:
-    """Merge ``rows`` into ``out/results.csv`` (a new row replaces an old one with the same key) and plot."""
-    os.makedirs(out, exist_ok=True)
-    path = os.path.join(out, "results.csv")
-    merged = {}
-    if os.path.exists(path):
-        with open(path, newline="") as handle:
-            for row in csv.DictReader(handle):
-                merged[tuple(row[k] for k in KEY)] = row
-    for row in rows:
-        merged[tuple(str(row[k]) for k in KEY)] = row
-    with open(path, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=CSV_COLUMNS)
-        writer.writeheader()
-        for row in merged.values():
-            writer.writerow({k: row.get(k, "") for k in CSV_COLUMNS})
-    if plot:
-        from .plot import plot_results
-        plot_results(path, out)
-    return path
 
 
 def pytest_generate_tests(metafunc):

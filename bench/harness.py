@@ -13,6 +13,7 @@ or ``wrong`` (its loss was not the true one).
 
 from __future__ import annotations
 
+import csv
 import functools
 import gc
 import os
@@ -34,6 +35,31 @@ MODES = ("forward", "backward", "full")
 CSV_COLUMNS = ["kernel_name", "kernel_provider", "kernel_operation_mode", "metric_name", "metric_unit", "x_name",
                "x_value", "y_value_50", "y_value_20", "y_value_80", "channels", "batch", "dtype", "device", "status",
                "note", "version", "commit", "timestamp"]
+#: The columns that identify a row of results.csv: a new run's row replaces an old one with the same key.
+KEY = ("kernel_name", "kernel_provider", "kernel_operation_mode", "metric_name", "x_value", "channels", "batch",
+       "dtype", "device")
+
+
+def write_results(out: str, rows: list, plot: bool = True) -> str:
+    """Merge ``rows`` into ``out/results.csv`` (a new row replaces an old one with the same key) and plot."""
+    os.makedirs(out, exist_ok=True)
+    path = os.path.join(out, "results.csv")
+    merged = {}
+    if os.path.exists(path):
+        with open(path, newline="") as handle:
+            for row in csv.DictReader(handle):
+                merged[tuple(row[k] for k in KEY)] = row
+    for row in rows:
+        merged[tuple(str(row[k]) for k in KEY)] = row
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=CSV_COLUMNS)
+        writer.writeheader()
+        for row in merged.values():
+            writer.writerow({k: row.get(k, "") for k in CSV_COLUMNS})
+    if plot:
+        from .plot import plot_results
+        plot_results(path, out)
+    return path
 
 
 def git_commit() -> str:
@@ -75,7 +101,6 @@ class Settings:
     def flush(self) -> None:
         """Merge the rows so far into ``results.csv`` (after every case: an interrupted run keeps what it measured)."""
         if self.out_dir and self.rows:
-            from .conftest import write_results
             write_results(self.out_dir, self.rows, plot=False)
 
     def record(self, kernel, provider, mode, metric, unit, side, values, channels, batch, dtype, status, note=""):

@@ -1,7 +1,7 @@
 """Why the Table 1 preset is what it is: 64-D SmallNet with and without DVE on the demo's faces (30 marks each),
 trained in stages (each stage resumes the last, bitwise what one run would do) and matched after every stage.
 
-    python bench/results/training/table1_ablation.py RUNS_DIR [VARIANT ...]
+    python bench/training/table1_ablation.py RUNS_DIR [VARIANT ...]
 
 Trains what RUNS_DIR lacks (one thread), then writes table1_ablation.csv, table1_ablation.md and
 table1_ablation.png next to this file. Errors are the evaluation's matching errors (100 test pairs, pixels of the
@@ -23,7 +23,7 @@ from dve_kernels.train.figures import _pyplot
 from dve_kernels.train.loop import Trainer
 from dve_kernels.train.table1 import cpu_name
 
-HERE = Path(__file__).resolve().parent
+HERE = Path(__file__).resolve().parents[1] / "results" / "training"  # where the committed results live
 #: The demo preset with 8 pairs per step; every variant changes it as stated. 6 epochs of 250 steps; the learning
 #: rate drops tenfold after epoch 5 (step 1250).
 BASE = dict(PRESETS["demo"], batch_size=8, backend="cpu", data_seed=0)
@@ -71,7 +71,7 @@ def run_variant(runs: Path, name: str) -> list:
 
 def _markdown(rows: list) -> str:
     lines = ["# Table 1 ablation: 64-D SmallNet with and without DVE, by training length and setting", "",
-             f"Command: `python bench/results/training/table1_ablation.py RUNS`  ",
+             f"Command: `python bench/training/table1_ablation.py RUNS`  ",
              f"Machine: {cpu_name()}, torch {torch.__version__}, one thread per run. Settings: the demo preset "
              "with 8 pairs per step and, per variant, the changes named; seed 0; 100 test pairs; errors in pixels "
              "of the 40-pixel input. Learning rate / 10 after step 1250.", "",

@@ -1,6 +1,6 @@
 """Collect the high-resolution runs (see highres.md) into highres.json, highres.csv, highres_loss.png, highres.md.
 
-    python bench/results/training/highres_summary.py RUNS_DIR
+    python bench/training/highres_summary.py RUNS_DIR
 
 RUNS_DIR holds, per preset P in highres-cpu, res1x, res2x: the run directory P/, the ``/usr/bin/time -v`` log
 P.log (training, evaluation and figures in one process) and P.memory.json (``memory_report --preset P``).
@@ -17,7 +17,7 @@ from dve_kernels.train.checkpoint import load_checkpoint
 from dve_kernels.train.figures import _pyplot
 from dve_kernels.train.table1 import cpu_name
 
-HERE = Path(__file__).resolve().parent
+HERE = Path(__file__).resolve().parents[1] / "results" / "training"  # where the committed results live
 PRESETS = ("highres-cpu", "res1x", "res2x")
 COMMAND = ("OMP_NUM_THREADS=1 nice -n 10 /usr/bin/time -v python -m dve_kernels.train --preset {p} --backend cpu "
            "--out RUNS/{p} 2> RUNS/{p}.log")
@@ -118,7 +118,7 @@ def main(runs: Path) -> None:
         f"torch {__import__('torch').__version__}; every run with one thread (`OMP_NUM_THREADS=1`, `nice -n 10`), "
         "the C++ fused backend (`--backend cpu`). The code of commit 5e44bc0 ran highres-cpu, that of 80821bf "
         "(which changed only the res presets) res1x and res2x; collected with "
-        "`python bench/results/training/highres_summary.py RUNS`.", "",
+        "`python bench/training/highres_summary.py RUNS`.", "",
         "Commands (RUNS = the runs folder):", "",
         *[f"    {COMMAND.format(p=p)}" for p in PRESETS],
         *[f"    {MEMORY.format(p=p)}" for p in PRESETS],

@@ -1,0 +1,1 @@
+"""Scripts that collect the committed training results of bench/results/training (run as files)."""
