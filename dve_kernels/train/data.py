@@ -10,6 +10,7 @@ training device (:mod:`dve_kernels.warps`, ``loop.py``).
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import List, Optional, Sequence
 
@@ -103,6 +104,8 @@ class SyntheticFaces(_Base):
                 self.images, self.keypoints = data["images"], data["keypoints"]
         else:
             start = 0 if split == "train" else self._TEST_OFFSET
+            print(f"rendering {count} synthetic {split} faces at {rendered} px"
+                  + ("" if cache is None else f" (cached in {cache} for the next run)"), file=sys.stderr, flush=True)
             self.images, self.keypoints = render_faces(seed, count, rendered, start=start, marks=marks)
             if rendered != imwidth:  # pixel centres: x_out + 0.5 = (x_in + 0.5) * imwidth / rendered
                 self.images = np.stack([np.asarray(Image.fromarray(image).resize((imwidth, imwidth), Image.BILINEAR))

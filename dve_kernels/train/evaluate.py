@@ -96,7 +96,8 @@ class LandmarkRegressor(nn.Module):
 
 
 def fit_landmark_regressor(feats: torch.Tensor, keypoints: torch.Tensor, size: int, steps: int = 1500,
-                           lr: float = 1e-2, seed: int = 0, batch_size: int = 64) -> LandmarkRegressor:
+                           lr: float = 1e-2, seed: int = 0, batch_size: int = 64,
+                           progress: bool = False) -> LandmarkRegressor:
     """Fit :class:`LandmarkRegressor` on frozen ``feats (N, C, H, W)`` to ``keypoints (N, K, 2)`` pixels of
     ``size x size`` images (mean squared error in normalised coordinates, Adam)."""
     torch.manual_seed(seed)
@@ -105,7 +106,7 @@ def fit_landmark_regressor(feats: torch.Tensor, keypoints: torch.Tensor, size: i
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, [int(steps * 0.8) + 1], gamma=0.1)
     target = keypoints / (size - 1) * 2 - 1
     generator = torch.Generator().manual_seed(seed)
-    for _ in range(steps):
+    for _ in tqdm(range(steps), desc="landmark regressor", unit="step", disable=not progress, leave=False):
         idx = torch.randint(0, feats.shape[0], (min(batch_size, feats.shape[0]),), generator=generator)
         loss = F.mse_loss(regressor(feats[idx]), target[idx])
         optimizer.zero_grad()
@@ -142,7 +143,7 @@ def evaluate_run(model: nn.Module, config: TrainConfig, out: Path, device="cpu",
         test_images, test_kp = centre_cropped(test_set, config.regression_test, config.crop)
         size = train_images.shape[-1]
         regressor = fit_landmark_regressor(embed(model, train_images, device), train_kp, size,
-                                           steps=config.regression_steps, seed=config.seed)
+                                           steps=config.regression_steps, seed=config.seed, progress=progress)
         with torch.no_grad():
             predicted = (regressor(embed(model, test_images, device)) + 1) / 2 * (size - 1)
         landmark = landmark_error_iod(predicted, test_kp, getattr(test_set, "eye_indices", (0, 1)))
