@@ -85,7 +85,7 @@ def test_runner_measures_resumes_and_keeps_finished_runs(tmp_path, monkeypatch):
     # an interrupted run: one step of two done, its checkpoint left behind
     values = run_config("2x", "smallnet-d2", 0, steps=1, data_root=str(runs / "data"))
     Trainer(TrainConfig.from_dict(values), runs / "2x-smallnet-d2-seed0", progress=False).run()
-    argv = ["--settings", "1x:smallnet", "2x:smallnet-d2", "--seeds", "0", "--steps", "2", "--jobs", "2",
+    argv = ["--settings", "1x:smallnet", "2x:smallnet-d2:0", "--seeds", "0", "--steps", "2", "--jobs", "2",
             "--ablation", "short", "--ablation-settings", "1x:smallnet", "--runs", str(runs), "--out", str(out)]
     assert main(argv) == 0
     with open(out / "resolution.csv") as handle:

@@ -176,15 +176,16 @@ def _cost(values: dict) -> float:
 def run_grid(keys: Sequence[Tuple[str, str, str, int]], runs: Path, out: Path, epochs: Optional[int] = None,
              steps: Optional[int] = None, jobs: int = 1, progress: bool = False) -> list:
     """Train and evaluate every ``(resolution, model, variant, seed)`` not yet finished, ``jobs`` at a time (the
-    settings before their variants, the longest first); rewrites ``resolution.csv`` after each run; its rows."""
+    settings, then each variant, the longest first); rewrites ``resolution.csv`` after each run; its rows."""
     data_root = str(runs / "data")
     todo = [key for key in keys if not (_run_dir(runs, *key) / RUN_RECORD).is_file()]
     for resolution in sorted({key[0] for key in todo}):  # render (and cache) the faces once, not in every run
         config = TrainConfig.from_dict(run_config(resolution, "smallnet", 0, data_root=data_root))
         for split, count in (("train", config.train_count), ("test", config.test_count)):
             config_dataset(config, runs, split, count)
-    # the compared settings before the ablation's variants, each the longest first
-    todo.sort(key=lambda key: (bool(key[2]), -_cost(run_config(*key[:2], key[3], key[2], epochs, steps))))
+    # the compared settings first, then each variant in the order given; the longest first within each
+    order = list(dict.fromkeys(key[2] for key in keys))
+    todo.sort(key=lambda key: (order.index(key[2]), -_cost(run_config(*key[:2], key[3], key[2], epochs, steps))))
     settings: Dict[tuple, dict] = {}
     tasks = {_run_dir(runs, *key).name: (run_config(*key[:2], key[3], key[2], epochs, steps, data_root),
                                          _run_dir(runs, *key), progress and jobs == 1) for key in todo}
@@ -316,7 +317,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m dve_kernels.train.resolution", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--settings", nargs="+", default=[f"{r}:{m}" for r, m in SETTINGS],
-                        help="resolution:network pairs (default: " + " ".join(f"{r}:{m}" for r, m in SETTINGS) + ")")
+                        help="resolution:network pairs, each optionally :seed,seed,... to use other seeds than "
+                             "--seeds (default: " + " ".join(f"{r}:{m}" for r, m in SETTINGS) + ")")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--epochs", type=int, help="epochs per run, the same at both resolutions (default: the "
                                                    "presets' 6; the learning-rate drop stays at 80%% of them)")
@@ -330,7 +332,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--out", default="bench/results/training", help="where the table and figures go")
     parser.add_argument("--jobs", type=int, default=1, help="runs at a time, one thread each (default 1)")
     args = parser.parse_args(argv)
-    settings = [tuple(s.split(":", 1)) for s in args.settings]
+    settings = [tuple(s.split(":")[:2]) for s in args.settings]
+    seeds = {tuple(s.split(":")[:2]): [int(v) for v in s.split(":")[2].split(",")] if s.count(":") > 1
+             else args.seeds for s in args.settings}
     ablation_settings = [tuple(s.split(":", 1)) for s in args.ablation_settings]
     for resolution, model in settings + ablation_settings:
         if resolution not in RESOLUTIONS or model not in MODELS:
@@ -338,7 +342,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                          f"{sorted(MODELS)})")
     torch.set_num_threads(1)
     started, out, runs = time.time(), Path(args.out), Path(args.runs)
-    keys = [(r, m, "", s) for r, m in settings for s in args.seeds]
+    keys = [(r, m, "", s) for r, m in settings for s in seeds[r, m]]
     keys += [(r, m, v, s) for v in args.ablation for r, m in ablation_settings for s in args.ablation_seeds]
     rows = run_grid(keys, runs, out, epochs=args.epochs, steps=args.steps, jobs=args.jobs,
                     progress=sys.stderr.isatty())
