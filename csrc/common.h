@@ -11,7 +11,7 @@
 //   tile_logits      S[r][k] = sum_c X[r][c] * KT[c][k]          (rows x 64, C runtime)
 //   accumulate_rows  Out[i][:] += sum_j coef(i, j) * Y[j][:]      (vectorised over channels)
 // The element-wise softmax work is plain loops over fixed-size rows that the vectoriser turns
-// into SIMD code (fast_exp is branch-free for that reason).
+// into SIMD code (softmax_exp is branch-free for that reason).
 //
 // Determinism: every sum has a fixed order that depends only on the shapes (never on the
 // number of threads or on timing), so outputs and gradients are bitwise reproducible on a
@@ -203,31 +203,10 @@ inline std::int64_t ceil_div(std::int64_t a, std::int64_t b) { return (a + b - 1
 // 1 ulp in all), flushed to 0 below -708.3 (DBL_MIN) and inf above 709 (the softmax only ever
 // takes exp of logit - max <= 0); std::exp would be a scalar call that keeps the row loops from
 // vectorising.
-inline float fast_exp(float x) {
-  constexpr float lo = -87.3365f;
-  constexpr float hi = 88.3762f;
-  float xc = x >= lo ? x : lo;  // also maps NaN to lo; the NaN is restored at the end
-  xc = xc <= hi ? xc : hi;
-  const float n = (xc * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  // round to nearest
-  const float r = (xc - n * 0.693359375f) - n * -2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  const float poly = p * (r * r) + r + 1.0f;
-  const std::int32_t exponent = static_cast<std::int32_t>(n) + 127;  // n in [-126, 127]
-  const float two_n = bits_to_float(static_cast<std::uint32_t>(exponent) << 23);
-  float result = poly * two_n;
-  result = x < lo ? 0.0f : result;
-  result = x > hi ? std::numeric_limits<float>::infinity() : result;
-  return x != x ? x : result;
-}
-// exp of a softmax argument (logit - max, or (logit - hi) - lo: at most a rounding above 0; -inf and NaN pass
-// through as 0 and NaN): fast_exp without the overflow branch, and 2^n straight from the bits of the rounding
-// sum t = x log2(e) + 1.5 * 2^23, whose low bits hold n. A third fewer instructions than fast_exp, the same
-// polynomial (about 1 ulp); it is the softmax's whole element-wise cost besides the dots.
+// float: exp of a softmax argument (logit - max, or (logit - hi) - lo: at most a rounding above 0; valid up to
+// 88.3; -inf and NaN pass through as 0 and NaN): Cephes-style range reduction and polynomial (about 1 ulp), 2^n
+// straight from the bits of the rounding sum t = x log2(e) + 1.5 * 2^23, whose low bits hold n, and no overflow
+// branch (a third fewer instructions than with one): it is the softmax's whole element-wise cost besides the dots.
 inline float softmax_exp(float x) {
   constexpr float lo = -87.3365f;
   const float xc = x >= lo ? x : lo;  // also maps NaN to lo; the NaN is restored at the end
