@@ -6,8 +6,8 @@
 #
 #   make job        the reference training (demo preset, built-in synthetic faces) + evaluation + figures
 #   make test       the C++ ctest suite + the fast pytest tier, `pytest tests` (Triton kernels in the interpreter
-#                   when there is no GPU, a 48-compile AOT sample for sm_80/sm_90)
-#   make test-full  make test + the slow tier, `pytest tests -m slow` (the AOT sweep: 552 compiles)
+#                   when there is no GPU, an AOT sample for sm_90: one specialisation per kernel and dtype, 30 compiles)
+#   make test-full  make test + the slow tier, `pytest tests -m slow` (the AOT sweep: 672 compiles)
 #   make bench      pytest bench/ (memory and speed against the dense formulation and the peers)
 
 PYTHON ?= python3
@@ -69,8 +69,7 @@ clean:
 #   make triton-env          Triton $(TRITON_ALT) (the GPU machine's) and $(TRITON_FLOOR) (the declared floor), each
 #                            with NumPy $(OLD_TRITON_NUMPY) (their interpreter breaks on NumPy 2.4), in
 #                            $(TRITON_ENVS)/<version> for the venv's Python: put one first on PYTHONPATH to use it.
-#   make aot-sample          the representative AOT sample (each kernel; fp32, fp64 (the float32 drop-in losses'
-#                            kernels, see conventions.compute_dtype) and bf16; C = 64, C = 64 ragged,
+#   make aot-sample          the representative AOT sample (each kernel; fp32, fp64 and bf16; C = 64, C = 64 ragged,
 #                            C = 32 ragged; sm_80 and sm_90: 108 compiles)
 #                            with Triton $(TRITON_ALT) (aot-sample-alt, which CI runs), then with the venv's newest:
 #                            tests/test_triton_aot.py fails on any error, spill or shared-memory overflow.
