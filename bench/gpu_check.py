@@ -44,8 +44,8 @@ SECTION_ESTIMATES_S = {"warmup": 120.0, "accuracy": 45.0, "determinism": 10.0, "
                        "dve": 60.0}
 SECTIONS = tuple(SECTION_ESTIMATES_S)
 KERNEL_SHAPE = {"batch": 16, "n": 4096, "m": 4096, "channels": 64}
-# (dtype, float32 dot algorithm): float32 runs IEEE FMA dots (its one algorithm today; the column is kept so that a
-# second float32 path, e.g. a TF32 split, can be measured beside it)
+# (dtype, float32 dot algorithm): float32 under "highest" (IEEE FMA dots) and "high" (single-pass TF32) matmul
+# precision, see fp32_dot
 KERNEL_VARIANTS = (("bfloat16", None), ("float32", "ieee"), ("float32", "tf32"))
 ACCURACY_VARIANTS = (("float16", None), ("bfloat16", None), ("float32", "ieee"))  # "tf32" is outside the rule
 # (batch, N, M, C): C = C_PAD and a ragged C; odd N and M, N != M
