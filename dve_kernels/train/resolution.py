@@ -366,7 +366,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                               notes))
     main_rows = [r for r in rows if r["variant"] == "-"]
     if main_rows:
-        _figure(main_rows, {k: v for k, v in table.items() if k[2] == "-"}, out / "resolution.png", CAPTION)
+        shown = {k: v for k, v in table.items() if k[2] == "-"}
+        runs_per_bar = ", ".join(f"{_label(k)} {v[METRICS[0]][2]}" for k, v in shown.items())
+        steps_per_run = "/".join(str(s) for s in dict.fromkeys(v["steps"] for v in shown.values()))
+        _figure(main_rows, shown, out / "resolution.png",
+                f"{CAPTION} Runs per bar: {runs_per_bar}; {steps_per_run} steps each.")
     if any(r["variant"] != "-" for r in ablation_rows):
         _figure(ablation_rows, ablation, out / "resolution_ablation.png",
                 "One knob at a time (" + "; ".join(f"{n}: {ABLATIONS[n][0]}" for n in args.ablation) + "), seed(s) "
