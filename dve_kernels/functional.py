@@ -20,8 +20,6 @@ from . import reference
 from .precision import accumulate_dtype
 
 BUILD_HINT = _library.BUILD_HINT
-#: The concrete backends that ``backend="auto"`` resolves to (docs/contract.md section 3).
-RESOLVED_BACKENDS = ("cpu", "triton", "reference")
 
 
 class BackendUnavailableError(RuntimeError):
@@ -54,7 +52,7 @@ def _load_triton() -> None:
 
 def resolve_backend(backend: str, device: torch.device) -> str:
     """The concrete backend that runs ``backend`` on ``device``: "cpu" (the C++ kernels), "triton" (the Triton
-    kernels: CUDA tensors, or CPU tensors in Triton's interpreter, see :func:`interpreted`) or "reference" (dense);
+    kernels: CUDA tensors, or CPU tensors in Triton's interpreter) or "reference" (dense);
     a :class:`BackendUnavailableError` says why it cannot run. Meta tensors (shapes only) resolve to a fused
     backend, whose ops run their fake kernels (memory estimates without computing)."""
     if backend == "reference":

@@ -1,6 +1,5 @@
 """Every bad input of docs/contract.md section 4 is refused before any kernel runs, naming the argument."""
 
-import sys
 
 import pytest
 import torch
