@@ -31,11 +31,11 @@ def test_hot_loops_spend_about_one_exp_per_pair(rows):
             assert row["hot_loop"]["dfma_pipe"] > 0, row["name"]
             continue
         assert row["hot_loop"]["mufu_ex2"] > 0, row["name"]
-        if "_tf32x3_" in row["name"]:
-            # the TF32 split (opt-in): with the square-root and the general powers its 32 x 32 warp-loss tiles
-            # compute each distance's MUFU work twice (warp forward, pow 1: 16 MUFU.SQRT per thread for 8 pairs,
-            # against 1 per pair on the IEEE path; pow 0.7: EX2 + LG2 twice; known, not fixed): up to 4.25 per pair
-            assert 0.99 <= row["mufu_per_pair"] <= 4.25, (row["name"], row["arch"], row["mufu_per_pair"])
+        if "_tf32_" in row["name"]:
+            # single-pass TF32 (opt-in, torch's "high" matmul precision): with the square-root and the general powers
+            # the tensor-core layout makes the warp-loss forward compute each distance's MUFU work more than once
+            # (pow 1 on sm_80: 5.0 per pair, against 3.0 on the IEEE path; known, not fixed)
+            assert 0.99 <= row["mufu_per_pair"] <= 5.0, (row["name"], row["arch"], row["mufu_per_pair"])
             continue
         assert 0.99 <= row["mufu_per_pair"] <= 3.1, (row["name"], row["arch"], row["mufu_per_pair"])
         if row["arch"] == 90:
