@@ -4,9 +4,9 @@ Every path computes in its inputs' dtype, as PyTorch's own ops do; nothing silen
 
 - float64 features: float64 everywhere.
 - float32 features: float32 dots, softmax and accumulation. On the CPU, float32 SIMD FMAs (the C++ kernels).
-  On CUDA, by default (``torch.get_float32_matmul_precision() == "highest"``) IEEE float32 FMA dots or an
-  explicit three-way TF32 split on tensor cores, per kernel (:data:`FLOAT32_DOTS`); under ``"high"`` or
-  ``"medium"`` single-pass TF32, which the user asked for the PyTorch way (its error is in docs/gpu.md).
+  On CUDA, by default (``torch.get_float32_matmul_precision() == "highest"``) IEEE float32 FMA dots (the contract
+  also allows an explicit three-way TF32 split; the kernels have none yet, docs/gpu.md); under ``"high"`` or
+  ``"medium"`` single-pass TF32, which the user asked for the PyTorch way (:func:`float32_dot`).
 - float16 / bfloat16 features: 16-bit operands with float32 accumulation and softmax statistics. On CUDA the
   Triton kernels' tensor-core dots; on the CPU, which has no 16-bit arithmetic, the float32 kernels
   (:func:`kernel_dtype`).
@@ -27,10 +27,6 @@ WIDE = torch.float64
 LSE_DTYPE = WIDE
 HALF_DTYPES = (torch.float16, torch.bfloat16)
 
-#: The float32 dot algorithms of the Triton kernels: IEEE FMA dots, the three-pass TF32 split
-#: (``a_hi·b_hi + a_hi·b_lo + a_lo·b_hi``, about float32's accuracy on tensor cores) and single-pass TF32.
-FLOAT32_DOTS = ("ieee", "tf32x3", "tf32")
-
 
 def accumulate_dtype(dtype: torch.dtype) -> torch.dtype:
     """The one rule for everything that is not a feature: accumulators and softmax statistics of the kernels,
@@ -48,8 +44,7 @@ def kernel_dtype(dtype: torch.dtype, backend: str) -> torch.dtype:
     return dtype
 
 
-def float32_dot(default: str = "ieee") -> str:
-    """The float32 dot algorithm of a Triton launch: ``default`` (the kernel's own choice between "ieee" and
-    "tf32x3", both within the accuracy rule) under ``torch.get_float32_matmul_precision() == "highest"``,
-    single-pass "tf32" under "high" or "medium"."""
-    return default if torch.get_float32_matmul_precision() == "highest" else "tf32"
+def float32_dot() -> str:
+    """The float32 dot algorithm of a Triton launch: "ieee" (FMA dots, within the accuracy rule) under
+    ``torch.get_float32_matmul_precision() == "highest"``, single-pass "tf32" under "high" or "medium"."""
+    return "ieee" if torch.get_float32_matmul_precision() == "highest" else "tf32"
