@@ -55,7 +55,7 @@ DVE_SIDES = (48, 64, 128)
 DVE_BATCH = 8
 DVE_DTYPES = ("bfloat16", "float32")
 MEMORY_SIDE = 128
-PASSES = ("exchange_fwd", "exchange_bwd_query", "exchange_bwd_aux", "warp_fwd", "warp_bwd_src", "warp_bwd_tgt")
+PASSES = ("exchange_fwd", "exchange_bwd_query", "exchange_bwd_aux", "warp_loss_fwd", "warp_loss_bwd_src", "warp_loss_bwd_tgt")
 
 
 # ------------------------------------------------------------------------------------- coupling to dve_kernels.ops
@@ -339,9 +339,9 @@ def kernels(model_rows):
                  "exchange_bwd": (lambda: bwd(grad_out, a, b, 1.0, out, lse),
                                   ("exchange_bwd_query", "exchange_bwd_aux"))}
         grad_rows = torch.rand_like(wrows) + 0.5
-        calls["warp_fwd"] = (lambda: wfwd(a, b, xy_a, xy_b, 0.5, 1.0), ("warp_fwd",))
-        calls["warp_bwd"] = (lambda: wbwd(grad_rows, a, b, xy_a, xy_b, 0.5, 1.0, wrows, wlse),
-                             ("warp_bwd_src", "warp_bwd_tgt"))
+        calls["warp_loss_fwd"] = (lambda: wfwd(a, b, xy_a, xy_b, 0.5, 1.0), ("warp_loss_fwd",))
+        calls["warp_loss_bwd"] = (lambda: wbwd(grad_rows, a, b, xy_a, xy_b, 0.5, 1.0, wrows, wlse),
+                             ("warp_loss_bwd_src", "warp_loss_bwd_tgt"))
         for launcher, (fn, passes) in calls.items():
             with fp32_dot(dot):
                 timing = cuda_time_ms(fn)

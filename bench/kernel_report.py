@@ -60,7 +60,7 @@ MUFU_CEILING = MUFU_LANES_PER_CLOCK_PER_SM * H100_SMS * H100_CLOCK_HZ
 # Dots of length C_PAD per (u, v) pair in each pass (forward: logits (+ P·V); backward: recomputed logits, dP,
 # and one or two gradient products).
 DOTS_PER_PAIR = {"exchange_fwd": 2, "exchange_bwd_query": 3, "exchange_bwd_aux": 4,
-                 "warp_fwd": 1, "warp_bwd_src": 2, "warp_bwd_tgt": 2,
+                 "warp_loss_fwd": 1, "warp_loss_bwd_src": 2, "warp_loss_bwd_tgt": 2,
                  "attention_fwd": 2}  # the calibration kernel (bench/calibration.py): S = Q K^T and P V
 
 _INSTRUCTION = re.compile(r"/\*([0-9a-f]+)\*/\s+(?:@!?U?P[T0-9]+\s+)?([A-Z][A-Z0-9_]*(?:\.[A-Z0-9_]+)*)")

@@ -197,7 +197,7 @@ def test_report_writer_with_fake_timings(tmp_path):
     assert row["measured_over_calibrated"] == pytest.approx(row["pairs_per_s"] / row["calibrated_pairs_per_s"])
     line = next(line for line in kernel_lines if line.startswith("| exchange_fwd | bfloat16 |  |"))
     assert f"{row['pairs_per_s']:.3g}" in line and f"{row['calibrated_pairs_per_s']:.3g}" in line, line
-    warp = next(r for r in result["sections"]["kernels"]["data"]["rows"] if r["pass"] == "warp_bwd_tgt")
+    warp = next(r for r in result["sections"]["kernels"]["data"]["rows"] if r["pass"] == "warp_loss_bwd_tgt")
     assert warp["spec"].endswith("_c64_pow0.5"), warp
     specs = {(r["pass"], r["dot"]): r["spec"] for r in result["sections"]["kernels"]["data"]["rows"]}
     assert specs[("exchange_fwd", "ieee")] == "exchange_fwd_fp32_c64"  # float32 beside its model

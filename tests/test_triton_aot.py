@@ -38,7 +38,7 @@ pytest.importorskip("triton")
 from dve_kernels.ops._aot import SHARED_MEMORY_LIMIT  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-KERNELS = ("exchange_fwd", "exchange_bwd_query", "exchange_bwd_aux", "warp_fwd", "warp_bwd_src", "warp_bwd_tgt")
+KERNELS = ("exchange_fwd", "exchange_bwd_query", "exchange_bwd_aux", "warp_loss_fwd", "warp_loss_bwd_src", "warp_loss_bwd_tgt")
 DTYPES = ("fp32", "fp32_tf32", "fp16", "bf16", "fp64")  # fp32_tf32: the kernels under "high" matmul precision
 C_PADS = (16, 32, 64, 128, 256)
 ARCHS = (80, 90)

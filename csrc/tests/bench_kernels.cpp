@@ -56,11 +56,11 @@ int main(int argc, char** argv) {
            dve::exchange_backward(out.data(), q.data(), a.data(), out.data(), lse.data(), gq.data(), ga.data(), B, N,
                                   M, C, 1.0, 1);
          }), 5);
-  report("warp_fwd", best_of_three([&] {
+  report("warp_loss_fwd", best_of_three([&] {
            dve::warp_loss_forward(q.data(), a.data(), xy.data(), txy.data(), rows.data(), lse_rows.data(), B, N, M, C,
                                   0.5, 1.0, 1);
          }), 1);
-  report("warp_bwd", best_of_three([&] {
+  report("warp_loss_bwd", best_of_three([&] {
            dve::warp_loss_backward(grad_rows.data(), q.data(), a.data(), xy.data(), txy.data(), rows.data(),
                                    lse_rows.data(), gq.data(), ga.data(), B, N, M, C, 0.5, 1.0, 1);
          }), 3);

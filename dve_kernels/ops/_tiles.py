@@ -17,6 +17,38 @@ def _join_scalar(HI, LO, IS_FP64: tl.constexpr):
 
 
 @triton.jit
+def _batch_rows(Rows, batch, n_rows, C, C_PAD: tl.constexpr, EVEN_C: tl.constexpr):
+    """Where ``batch``'s rows start in a row-major ``(B, n_rows, C)`` matrix (``batch`` int64: batch·n_rows·C can
+    pass 2^31). EVEN_C: the row stride is the compile-time C_PAD."""
+    return Rows + batch * n_rows * (C_PAD if EVEN_C else C)
+
+
+@triton.jit
+def _program_rows(Rows, n_rows, C, BLOCK: tl.constexpr, C_PAD: tl.constexpr, EVEN_C: tl.constexpr):
+    """The prologue of every kernel: program (i, b) owns rows ``i·BLOCK ..`` of batch b of ``Rows`` (B, n_rows, C).
+
+    Returns ``(batch, offs, mask, base, tile)``: the batch index (int64), the rows' offsets and in-range mask,
+    the batch's base pointer (see _batch_rows) and the ``BLOCK x C_PAD`` tile of those rows (see _load_rows).
+    """
+    batch = tl.program_id(1).to(tl.int64)
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < n_rows
+    base = _batch_rows(Rows, batch, n_rows, C, C_PAD, EVEN_C)
+    return batch, offs, mask, base, _load_rows(base, offs, mask, C, C_PAD, EVEN_C, True)
+
+
+@triton.jit
+def _load_planar(Planar, batch, n_rows, offs, mask, PLANES: tl.constexpr):
+    """Rows ``offs`` of the first two planes of a planar ``(B, PLANES, stride)`` buffer (coordinates: x and y),
+    stride = _coordinate_stride(n_rows); returns ``(first, second, the batch's base, stride)``."""
+    stride = _coordinate_stride(n_rows)
+    base = Planar + batch * PLANES * stride
+    first = tl.load(base + offs, mask=mask, other=0.0)
+    second = tl.load(base + stride + offs, mask=mask, other=0.0)
+    return first, second, base, stride
+
+
+@triton.jit
 def _load_rows(base, rows, row_mask, C, C_PAD: tl.constexpr, EVEN_C: tl.constexpr, MASK_ROWS: tl.constexpr):
     """The ``rows x C_PAD`` tile of a row-major ``(*, C)`` matrix at ``base``; channels past C read 0.
 

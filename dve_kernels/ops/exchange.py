@@ -35,6 +35,7 @@ from ._launch import (
     triton_type,
 )
 from ._tiles import (
+    _batch_rows,
     _full_tiles_end,
     _coordinate_stride,
     _dot_nt,
@@ -42,6 +43,7 @@ from ._tiles import (
     _join_scalar,
     _load_rows,
     _load_vector,
+    _program_rows,
     _softmax_tile,
     _store_rows,
 )
@@ -84,34 +86,26 @@ def _exchange_fwd_kernel(
     C_PAD: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, K_CHUNK: tl.constexpr,
     IS_FP64: tl.constexpr, EVEN_C: tl.constexpr, DOT: tl.constexpr,
 ):
-    pid_n = tl.program_id(0)
-    batch = tl.program_id(1).to(tl.int64)  # int64: batch * N * C can pass 2^31
     acc_dtype: tl.constexpr = tl.float64 if IS_FP64 else tl.float32
     scale_log2e = _join_scalar(SCALE_LOG2E_HI, SCALE_LOG2E_LO, IS_FP64)
-    stride_c = C_PAD if EVEN_C else C
-
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    mask_n = offs_n < N
-    query_base = Query + batch * N * stride_c
-    query = _load_rows(query_base, offs_n, mask_n, C, C_PAD, EVEN_C, True)
+    batch, offs_n, mask_n, query_base, query = _program_rows(Query, N, C, BLOCK_N, C_PAD, EVEN_C)
     if query.dtype.primitive_bitwidth < 32:  # negating 16-bit values is exact: logits * s = (-query)·aux * |s|
         query = tl.where(scale_log2e < 0, -query, query)
         scale_log2e = tl.abs(scale_log2e)
-    aux_base = Aux + batch * M * stride_c
+    aux_base = _batch_rows(Aux, batch, M, C, C_PAD, EVEN_C)
 
     m_i = tl.full([BLOCK_N], float("-inf"), acc_dtype)  # running max of the base-2 logits
     l_i = tl.zeros([BLOCK_N], acc_dtype)  # running sum of exp2(logit - m_i)
     acc = tl.zeros([BLOCK_N, C_PAD], acc_dtype)  # running sum of exp2(logit - m_i) * aux_w
     full_m = _full_tiles_end(M, BLOCK_M, LOW_PRECISION=query.dtype.primitive_bitwidth < 32)
-    for start_m in range(0, full_m, BLOCK_M):
-        m_i, l_i, acc = _exchange_fwd_step(query, query_base, offs_n, mask_n, aux_base, start_m, M, C, m_i, l_i, acc,
-                                           scale_log2e, C_PAD, BLOCK_M, K_CHUNK, IS_FP64, EVEN_C, False, DOT)
-    for start_m in range(full_m, M, BLOCK_M):
-        m_i, l_i, acc = _exchange_fwd_step(query, query_base, offs_n, mask_n, aux_base, start_m, M, C, m_i, l_i, acc,
-                                           scale_log2e, C_PAD, BLOCK_M, K_CHUNK, IS_FP64, EVEN_C, True, DOT)
+    for masked in tl.static_range(2):  # the full tiles with no masks, then the partial tile (if any) with them
+        for start_m in range(full_m if masked else 0, M if masked else full_m, BLOCK_M):
+            m_i, l_i, acc = _exchange_fwd_step(query, query_base, offs_n, mask_n, aux_base, start_m, M, C, m_i, l_i,
+                                               acc, scale_log2e, C_PAD, BLOCK_M, K_CHUNK, IS_FP64, EVEN_C, masked == 1,
+                                               DOT)
 
     out = acc / l_i[:, None]
-    _store_rows(Out + batch * N * stride_c, offs_n, mask_n, out, C, C_PAD, EVEN_C)
+    _store_rows(_batch_rows(Out, batch, N, C, C_PAD, EVEN_C), offs_n, mask_n, out, C, C_PAD, EVEN_C)
     if query.dtype.primitive_bitwidth < 32:
         lse = m_i + tl.log2(l_i)  # the backward divides out its rounding (lse_to_natural)
     else:  # per row in float64 (see _exp2_minus_lse): the backward splits it into hi + lo
@@ -163,22 +157,15 @@ def _exchange_bwd_query_kernel(
     both terms are small where the row is peaked. For the aux kernel it writes the planar per-row statistics
     Stats (B, 3, stride): D~_u, e / S and 1 / S, from which it forms p ((dP - D~) - e / S) per element.
     """
-    pid_n = tl.program_id(0)
-    batch = tl.program_id(1).to(tl.int64)
     acc_dtype: tl.constexpr = tl.float64 if IS_FP64 else tl.float32
     scale = _join_scalar(SCALE_HI, SCALE_LO, IS_FP64)
     scale_log2e = _join_scalar(SCALE_LOG2E_HI, SCALE_LOG2E_LO, IS_FP64)
-    stride_c = C_PAD if EVEN_C else C
-
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    mask_n = offs_n < N
-    query_base = Query + batch * N * stride_c
-    grad_out_base = GradOut + batch * N * stride_c
-    query = _load_rows(query_base, offs_n, mask_n, C, C_PAD, EVEN_C, True)
+    batch, offs_n, mask_n, query_base, query = _program_rows(Query, N, C, BLOCK_N, C_PAD, EVEN_C)
+    grad_out_base = _batch_rows(GradOut, batch, N, C, C_PAD, EVEN_C)
     grad_out = _load_rows(grad_out_base, offs_n, mask_n, C, C_PAD, EVEN_C, True)
     lse = tl.load(Lse + batch * N + offs_n, mask=mask_n, other=0.0)
-    aux_base = Aux + batch * M * stride_c
-    out = _load_rows(Out + batch * N * stride_c, offs_n, mask_n, C, C_PAD, EVEN_C, True)
+    aux_base = _batch_rows(Aux, batch, M, C, C_PAD, EVEN_C)
+    out = _load_rows(_batch_rows(Out, batch, N, C, C_PAD, EVEN_C), offs_n, mask_n, C, C_PAD, EVEN_C, True)
     delta_est = tl.sum(grad_out.to(acc_dtype) * out.to(acc_dtype), 1)  # D~_u = <dO_u, out_u>
 
     weighted_dp_aux = tl.zeros([BLOCK_N, C_PAD], acc_dtype)  # A = sum_w P (dP - D~) aux_w
@@ -186,16 +173,12 @@ def _exchange_bwd_query_kernel(
     excess = tl.zeros([BLOCK_N], acc_dtype)  # e = sum_w P (dP - D~)
     row_sum = tl.zeros([BLOCK_N], acc_dtype)  # sum_w P
     full_m = _full_tiles_end(M, BLOCK_M, LOW_PRECISION=query.dtype.primitive_bitwidth < 32)
-    for start_m in range(0, full_m, BLOCK_M):
-        weighted_dp_aux, p_aux, excess, row_sum = _exchange_bwd_query_step(
-            query, grad_out, query_base, grad_out_base, offs_n, mask_n, lse, aux_base, start_m, M, C,
-            weighted_dp_aux, p_aux, excess, row_sum, delta_est, scale_log2e, C_PAD, BLOCK_M, K_CHUNK, IS_FP64, EVEN_C, False,
-            DOT)
-    for start_m in range(full_m, M, BLOCK_M):
-        weighted_dp_aux, p_aux, excess, row_sum = _exchange_bwd_query_step(
-            query, grad_out, query_base, grad_out_base, offs_n, mask_n, lse, aux_base, start_m, M, C,
-            weighted_dp_aux, p_aux, excess, row_sum, delta_est, scale_log2e, C_PAD, BLOCK_M, K_CHUNK, IS_FP64, EVEN_C, True,
-            DOT)
+    for masked in tl.static_range(2):  # the full tiles with no masks, then the partial tile (if any) with them
+        for start_m in range(full_m if masked else 0, M if masked else full_m, BLOCK_M):
+            weighted_dp_aux, p_aux, excess, row_sum = _exchange_bwd_query_step(
+                query, grad_out, query_base, grad_out_base, offs_n, mask_n, lse, aux_base, start_m, M, C,
+                weighted_dp_aux, p_aux, excess, row_sum, delta_est, scale_log2e, C_PAD, BLOCK_M, K_CHUNK, IS_FP64,
+                EVEN_C, masked == 1, DOT)
 
     row_scale = 1.0 / tl.where(mask_n, row_sum, 1.0)
     excess = excess * row_scale  # D_u - D~_u
@@ -205,7 +188,7 @@ def _exchange_bwd_query_kernel(
     tl.store(stats_base + row_stride, excess, mask=mask_n)
     tl.store(stats_base + 2 * row_stride, row_scale, mask=mask_n)
     grad_query = (weighted_dp_aux - excess[:, None] * p_aux) * (row_scale * scale)[:, None]
-    _store_rows(GradQuery + batch * N * stride_c, offs_n, mask_n, grad_query, C, C_PAD, EVEN_C)
+    _store_rows(_batch_rows(GradQuery, batch, N, C, C_PAD, EVEN_C), offs_n, mask_n, grad_query, C, C_PAD, EVEN_C)
 
 
 @triton.jit
@@ -256,35 +239,25 @@ def _exchange_bwd_aux_kernel(
     IS_FP64: tl.constexpr, EVEN_C: tl.constexpr, DOT: tl.constexpr,
 ):
     """d aux_w = sum_u P_uw dO_u (value role) + scale · sum_u dS_uw query_u (key role), in one accumulator."""
-    pid_m = tl.program_id(0)
-    batch = tl.program_id(1).to(tl.int64)
     acc_dtype: tl.constexpr = tl.float64 if IS_FP64 else tl.float32
     scale = _join_scalar(SCALE_HI, SCALE_LO, IS_FP64)
     scale_log2e = _join_scalar(SCALE_LOG2E_HI, SCALE_LOG2E_LO, IS_FP64)
-    stride_c = C_PAD if EVEN_C else C
-
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    mask_m = offs_m < M
-    aux_base = Aux + batch * M * stride_c
-    aux = _load_rows(aux_base, offs_m, mask_m, C, C_PAD, EVEN_C, True)
-    query_base = Query + batch * N * stride_c
-    grad_out_base = GradOut + batch * N * stride_c
+    batch, offs_m, mask_m, aux_base, aux = _program_rows(Aux, M, C, BLOCK_M, C_PAD, EVEN_C)
+    query_base = _batch_rows(Query, batch, N, C, C_PAD, EVEN_C)
+    grad_out_base = _batch_rows(GradOut, batch, N, C, C_PAD, EVEN_C)
     row_stride = _coordinate_stride(N)
     stats_base = Stats + batch * 3 * row_stride
     lse_base = Lse + batch * N
 
     grad_aux = tl.zeros([BLOCK_M, C_PAD], acc_dtype)
     full_n = _full_tiles_end(N, BLOCK_N, LOW_PRECISION=aux.dtype.primitive_bitwidth < 32)
-    for start_n in range(0, full_n, BLOCK_N):
-        grad_aux = _exchange_bwd_aux_step(aux, aux_base, offs_m, mask_m, query_base, grad_out_base, lse_base, stats_base,
-                                          row_stride, start_n, N, C, grad_aux, scale, scale_log2e, C_PAD, BLOCK_N,
-                                          K_CHUNK, IS_FP64, EVEN_C, False, DOT)
-    for start_n in range(full_n, N, BLOCK_N):
-        grad_aux = _exchange_bwd_aux_step(aux, aux_base, offs_m, mask_m, query_base, grad_out_base, lse_base, stats_base,
-                                          row_stride, start_n, N, C, grad_aux, scale, scale_log2e, C_PAD, BLOCK_N,
-                                          K_CHUNK, IS_FP64, EVEN_C, True, DOT)
+    for masked in tl.static_range(2):  # the full tiles with no masks, then the partial tile (if any) with them
+        for start_n in range(full_n if masked else 0, N if masked else full_n, BLOCK_N):
+            grad_aux = _exchange_bwd_aux_step(aux, aux_base, offs_m, mask_m, query_base, grad_out_base, lse_base,
+                                              stats_base, row_stride, start_n, N, C, grad_aux, scale, scale_log2e, C_PAD,
+                                              BLOCK_N, K_CHUNK, IS_FP64, EVEN_C, masked == 1, DOT)
 
-    _store_rows(GradAux + batch * M * stride_c, offs_m, mask_m, grad_aux, C, C_PAD, EVEN_C)
+    _store_rows(_batch_rows(GradAux, batch, M, C, C_PAD, EVEN_C), offs_m, mask_m, grad_aux, C, C_PAD, EVEN_C)
 
 
 # --------------------------------------------------------------------------------------------- launchers

@@ -42,13 +42,16 @@ from ._launch import (
     triton_type,
 )
 from ._tiles import (
+    _batch_rows,
     _full_tiles_end,
     _coordinate_stride,
     _dot_nt,
     _exp2_minus_lse,
     _join_scalar,
     _load_rows,
+    _load_planar,
     _load_vector,
+    _program_rows,
     _softmax_tile,
     _store_rows,
 )
@@ -77,7 +80,7 @@ def _squared_distance(x_rows, y_rows, x_cols, y_cols):
 
 
 @triton.jit
-def _warp_fwd_step(src, src_base, offs_n, mask_n, src_x, src_y, tgt_base, tgt_xy_base, XY_STRIDE, start_m, M, C,
+def _warp_loss_fwd_step(src, src_base, offs_n, mask_n, src_x, src_y, tgt_base, tgt_xy_base, XY_STRIDE, start_m, M, C,
                    m_i, l_i, acc, scale_log2e, pow_half,
                    C_PAD: tl.constexpr, BLOCK_M: tl.constexpr, K_CHUNK: tl.constexpr, POW_MODE: tl.constexpr,
                    IS_FP64: tl.constexpr, EVEN_C: tl.constexpr, MASK_M: tl.constexpr, MUFU_ROOT: tl.constexpr,
@@ -113,7 +116,7 @@ def _warp_fwd_step(src, src_base, offs_n, mask_n, src_x, src_y, tgt_base, tgt_xy
 
 
 @triton.jit(do_not_specialize=["N", "M", "C"])
-def _warp_fwd_kernel(
+def _warp_loss_fwd_kernel(
     Src, Tgt, SrcXY, TgtXY, Rows, Lse,
     N, M, C,
     SCALE_LOG2E_HI, SCALE_LOG2E_LO, POW_HALF_HI, POW_HALF_LO,
@@ -127,25 +130,15 @@ def _warp_fwd_kernel(
     and ~9 FMA-pipe ones on the root; every third target tile instead takes the root from two rsqrt (three
     MUFU, two issue slots), which balances the MUFU and issue limits of an H100 (bench/kernel_report.py).
     """
-    pid_n = tl.program_id(0)
-    batch = tl.program_id(1).to(tl.int64)  # int64: batch * N * C can pass 2^31
     acc_dtype: tl.constexpr = tl.float64 if IS_FP64 else tl.float32
     scale_log2e = _join_scalar(SCALE_LOG2E_HI, SCALE_LOG2E_LO, IS_FP64)
     pow_half = _join_scalar(POW_HALF_HI, POW_HALF_LO, IS_FP64)
-    stride_c = C_PAD if EVEN_C else C
-
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    mask_n = offs_n < N
-    src_base = Src + batch * N * stride_c
-    src = _load_rows(src_base, offs_n, mask_n, C, C_PAD, EVEN_C, True)
+    batch, offs_n, mask_n, src_base, src = _program_rows(Src, N, C, BLOCK_N, C_PAD, EVEN_C)
     if src.dtype.primitive_bitwidth < 32:  # negating 16-bit values is exact: logits * scale = (-src)·tgt * |scale|
         src = tl.where(scale_log2e < 0, -src, src)
         scale_log2e = tl.abs(scale_log2e)
-    src_xy_stride = _coordinate_stride(N)
-    src_xy_base = SrcXY + batch * 2 * src_xy_stride
-    src_x = tl.load(src_xy_base + offs_n, mask=mask_n, other=0.0)
-    src_y = tl.load(src_xy_base + src_xy_stride + offs_n, mask=mask_n, other=0.0)
-    tgt_base = Tgt + batch * M * stride_c
+    src_x, src_y, _, _ = _load_planar(SrcXY, batch, N, offs_n, mask_n, 2)
+    tgt_base = _batch_rows(Tgt, batch, M, C, C_PAD, EVEN_C)
     tgt_xy_stride = _coordinate_stride(M)
     tgt_xy_base = TgtXY + batch * 2 * tgt_xy_stride
 
@@ -156,27 +149,24 @@ def _warp_fwd_kernel(
     if (src.dtype.primitive_bitwidth < 32) and (POW_MODE == 0):
         first_m = M - M % (3 * BLOCK_M)
         for start_m in range(0, first_m, 3 * BLOCK_M):
-            m_i, l_i, acc = _warp_fwd_step(src, src_base, offs_n, mask_n, src_x, src_y, tgt_base, tgt_xy_base,
+            m_i, l_i, acc = _warp_loss_fwd_step(src, src_base, offs_n, mask_n, src_x, src_y, tgt_base, tgt_xy_base,
                                            tgt_xy_stride, start_m, M, C, m_i, l_i, acc, scale_log2e, pow_half,
                                            C_PAD, BLOCK_M, K_CHUNK, POW_MODE, IS_FP64, EVEN_C, False, False, DOT)
-            m_i, l_i, acc = _warp_fwd_step(src, src_base, offs_n, mask_n, src_x, src_y, tgt_base, tgt_xy_base,
+            m_i, l_i, acc = _warp_loss_fwd_step(src, src_base, offs_n, mask_n, src_x, src_y, tgt_base, tgt_xy_base,
                                            tgt_xy_stride, start_m + BLOCK_M, M, C, m_i, l_i, acc, scale_log2e,
                                            pow_half, C_PAD, BLOCK_M, K_CHUNK, POW_MODE, IS_FP64, EVEN_C, False,
                                            False, DOT)
-            m_i, l_i, acc = _warp_fwd_step(src, src_base, offs_n, mask_n, src_x, src_y, tgt_base, tgt_xy_base,
+            m_i, l_i, acc = _warp_loss_fwd_step(src, src_base, offs_n, mask_n, src_x, src_y, tgt_base, tgt_xy_base,
                                            tgt_xy_stride, start_m + 2 * BLOCK_M, M, C, m_i, l_i, acc, scale_log2e,
                                            pow_half, C_PAD, BLOCK_M, K_CHUNK, POW_MODE, IS_FP64, EVEN_C, False,
                                            True, DOT)
     else:
         first_m = 0
-    for start_m in range(first_m, full_m, BLOCK_M):  # full tiles: no masks
-        m_i, l_i, acc = _warp_fwd_step(src, src_base, offs_n, mask_n, src_x, src_y, tgt_base, tgt_xy_base,
-                                       tgt_xy_stride, start_m, M, C, m_i, l_i, acc, scale_log2e, pow_half,
-                                       C_PAD, BLOCK_M, K_CHUNK, POW_MODE, IS_FP64, EVEN_C, False, False, DOT)
-    for start_m in range(full_m, M, BLOCK_M):  # the partial tile, if any
-        m_i, l_i, acc = _warp_fwd_step(src, src_base, offs_n, mask_n, src_x, src_y, tgt_base, tgt_xy_base,
-                                       tgt_xy_stride, start_m, M, C, m_i, l_i, acc, scale_log2e, pow_half,
-                                       C_PAD, BLOCK_M, K_CHUNK, POW_MODE, IS_FP64, EVEN_C, True, False, DOT)
+    for masked in tl.static_range(2):  # the (other) full tiles with no masks, then the partial tile (if any)
+        for start_m in range(full_m if masked else first_m, M if masked else full_m, BLOCK_M):
+            m_i, l_i, acc = _warp_loss_fwd_step(src, src_base, offs_n, mask_n, src_x, src_y, tgt_base, tgt_xy_base,
+                                           tgt_xy_stride, start_m, M, C, m_i, l_i, acc, scale_log2e, pow_half,
+                                           C_PAD, BLOCK_M, K_CHUNK, POW_MODE, IS_FP64, EVEN_C, masked == 1, False, DOT)
 
     tl.store(Rows + batch * N + offs_n, acc / l_i, mask=mask_n)
     if src.dtype.primitive_bitwidth < 32:
@@ -187,7 +177,7 @@ def _warp_fwd_kernel(
 
 
 @triton.jit
-def _warp_bwd_src_step(src, src_base, offs_n, mask_n, src_x, src_y, lse, tgt_base, tgt_xy_base, XY_STRIDE,
+def _warp_loss_bwd_src_step(src, src_base, offs_n, mask_n, src_x, src_y, lse, tgt_base, tgt_xy_base, XY_STRIDE,
                        start_m, M, C, p_dist_tgt, p_tgt, p_dist, row_sum, rows_est, scale_log2e, pow_half,
                        C_PAD: tl.constexpr, BLOCK_M: tl.constexpr, K_CHUNK: tl.constexpr, POW_MODE: tl.constexpr,
                        IS_FP64: tl.constexpr, EVEN_C: tl.constexpr, MASK_M: tl.constexpr, DOT: tl.constexpr):
@@ -214,7 +204,7 @@ def _warp_bwd_src_step(src, src_base, offs_n, mask_n, src_x, src_y, lse, tgt_bas
 
 
 @triton.jit(do_not_specialize=["N", "M", "C"])
-def _warp_bwd_src_kernel(
+def _warp_loss_bwd_src_kernel(
     GradRows, Src, Tgt, SrcXY, TgtXY, Rows, Lse, Stats, GradSrc,
     N, M, C,
     SCALE_HI, SCALE_LO, SCALE_LOG2E_HI, SCALE_LOG2E_LO, POW_HALF_HI, POW_HALF_LO,
@@ -233,26 +223,16 @@ def _warp_bwd_src_kernel(
     peaked. For the tgt kernel it writes the planar per-row statistics Stats (B, 3, stride): L~_u, e / S and
     upstream_u / S_u, from which it forms p ((d - L~) - e / S) per element.
     """
-    pid_n = tl.program_id(0)
-    batch = tl.program_id(1).to(tl.int64)
     acc_dtype: tl.constexpr = tl.float64 if IS_FP64 else tl.float32
     scale = _join_scalar(SCALE_HI, SCALE_LO, IS_FP64)
     scale_log2e = _join_scalar(SCALE_LOG2E_HI, SCALE_LOG2E_LO, IS_FP64)
     pow_half = _join_scalar(POW_HALF_HI, POW_HALF_LO, IS_FP64)
-    stride_c = C_PAD if EVEN_C else C
-
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    mask_n = offs_n < N
-    src_base = Src + batch * N * stride_c
-    src = _load_rows(src_base, offs_n, mask_n, C, C_PAD, EVEN_C, True)
-    row_stride = _coordinate_stride(N)
-    src_xy_base = SrcXY + batch * 2 * row_stride
-    src_x = tl.load(src_xy_base + offs_n, mask=mask_n, other=0.0)
-    src_y = tl.load(src_xy_base + row_stride + offs_n, mask=mask_n, other=0.0)
+    batch, offs_n, mask_n, src_base, src = _program_rows(Src, N, C, BLOCK_N, C_PAD, EVEN_C)
+    src_x, src_y, _, row_stride = _load_planar(SrcXY, batch, N, offs_n, mask_n, 2)
     lse = tl.load(Lse + batch * N + offs_n, mask=mask_n, other=0.0)
     upstream = tl.load(GradRows + batch * N + offs_n, mask=mask_n, other=0.0).to(acc_dtype)
     rows_est = tl.load(Rows + batch * N + offs_n, mask=mask_n, other=0.0).to(acc_dtype)  # L~_u
-    tgt_base = Tgt + batch * M * stride_c
+    tgt_base = _batch_rows(Tgt, batch, M, C, C_PAD, EVEN_C)
     tgt_xy_stride = _coordinate_stride(M)
     tgt_xy_base = TgtXY + batch * 2 * tgt_xy_stride
 
@@ -261,16 +241,12 @@ def _warp_bwd_src_kernel(
     p_dist = tl.zeros([BLOCK_N], acc_dtype)  # e = sum_v P (d - L~)
     row_sum = tl.zeros([BLOCK_N], acc_dtype)  # sum_v p
     full_m = _full_tiles_end(M, BLOCK_M, LOW_PRECISION=src.dtype.primitive_bitwidth < 32)
-    for start_m in range(0, full_m, BLOCK_M):
-        p_dist_tgt, p_tgt, p_dist, row_sum = _warp_bwd_src_step(
-            src, src_base, offs_n, mask_n, src_x, src_y, lse, tgt_base, tgt_xy_base, tgt_xy_stride, start_m, M, C,
-            p_dist_tgt, p_tgt, p_dist, row_sum, rows_est, scale_log2e, pow_half, C_PAD, BLOCK_M, K_CHUNK, POW_MODE, IS_FP64,
-            EVEN_C, False, DOT)
-    for start_m in range(full_m, M, BLOCK_M):
-        p_dist_tgt, p_tgt, p_dist, row_sum = _warp_bwd_src_step(
-            src, src_base, offs_n, mask_n, src_x, src_y, lse, tgt_base, tgt_xy_base, tgt_xy_stride, start_m, M, C,
-            p_dist_tgt, p_tgt, p_dist, row_sum, rows_est, scale_log2e, pow_half, C_PAD, BLOCK_M, K_CHUNK, POW_MODE, IS_FP64,
-            EVEN_C, True, DOT)
+    for masked in tl.static_range(2):  # the full tiles with no masks, then the partial tile (if any) with them
+        for start_m in range(full_m if masked else 0, M if masked else full_m, BLOCK_M):
+            p_dist_tgt, p_tgt, p_dist, row_sum = _warp_loss_bwd_src_step(
+                src, src_base, offs_n, mask_n, src_x, src_y, lse, tgt_base, tgt_xy_base, tgt_xy_stride, start_m, M,
+                C, p_dist_tgt, p_tgt, p_dist, row_sum, rows_est, scale_log2e, pow_half, C_PAD, BLOCK_M, K_CHUNK,
+                POW_MODE, IS_FP64, EVEN_C, masked == 1, DOT)
 
     row_scale = 1.0 / tl.where(mask_n, row_sum, 1.0)
     excess = p_dist * row_scale  # L_u - L~_u
@@ -279,11 +255,11 @@ def _warp_bwd_src_kernel(
     tl.store(stats_base + row_stride, excess, mask=mask_n)
     tl.store(stats_base + 2 * row_stride, upstream * row_scale, mask=mask_n)
     grad_src = (p_dist_tgt - excess[:, None] * p_tgt) * (row_scale * upstream * scale)[:, None]
-    _store_rows(GradSrc + batch * N * stride_c, offs_n, mask_n, grad_src, C, C_PAD, EVEN_C)
+    _store_rows(_batch_rows(GradSrc, batch, N, C, C_PAD, EVEN_C), offs_n, mask_n, grad_src, C, C_PAD, EVEN_C)
 
 
 @triton.jit
-def _warp_bwd_tgt_step(tgt, tgt_base, offs_m, mask_m, tgt_x, tgt_y, src_base, src_xy_base, lse_base, stats_base,
+def _warp_loss_bwd_tgt_step(tgt, tgt_base, offs_m, mask_m, tgt_x, tgt_y, src_base, src_xy_base, lse_base, stats_base,
                        ROW_STRIDE,
                        start_n, N, C, grad_tgt, scale_log2e, pow_half,
                        C_PAD: tl.constexpr, BLOCK_N: tl.constexpr, K_CHUNK: tl.constexpr, POW_MODE: tl.constexpr,
@@ -317,7 +293,7 @@ def _warp_bwd_tgt_step(tgt, tgt_base, offs_m, mask_m, tgt_x, tgt_y, src_base, sr
 
 
 @triton.jit(do_not_specialize=["N", "M", "C"])
-def _warp_bwd_tgt_kernel(
+def _warp_loss_bwd_tgt_kernel(
     GradRows, Src, Tgt, SrcXY, TgtXY, Lse, Stats, GradTgt,
     N, M, C,
     SCALE_HI, SCALE_LO, SCALE_LOG2E_HI, SCALE_LOG2E_LO, POW_HALF_HI, POW_HALF_LO,
@@ -326,22 +302,13 @@ def _warp_bwd_tgt_kernel(
     IS_FP64: tl.constexpr, EVEN_C: tl.constexpr, DOT: tl.constexpr,
 ):
     """d tgt_v = scale · sum_u p_uv (d_uv - L_u) upstream_u · src_u, one target tile per program."""
-    pid_m = tl.program_id(0)
-    batch = tl.program_id(1).to(tl.int64)
     acc_dtype: tl.constexpr = tl.float64 if IS_FP64 else tl.float32
     scale = _join_scalar(SCALE_HI, SCALE_LO, IS_FP64)
     scale_log2e = _join_scalar(SCALE_LOG2E_HI, SCALE_LOG2E_LO, IS_FP64)
     pow_half = _join_scalar(POW_HALF_HI, POW_HALF_LO, IS_FP64)
-    stride_c = C_PAD if EVEN_C else C
-
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    mask_m = offs_m < M
-    tgt_base = Tgt + batch * M * stride_c
-    tgt = _load_rows(tgt_base, offs_m, mask_m, C, C_PAD, EVEN_C, True)
-    tgt_xy_stride = _coordinate_stride(M)
-    tgt_x = tl.load(TgtXY + batch * 2 * tgt_xy_stride + offs_m, mask=mask_m, other=0.0)
-    tgt_y = tl.load(TgtXY + batch * 2 * tgt_xy_stride + tgt_xy_stride + offs_m, mask=mask_m, other=0.0)
-    src_base = Src + batch * N * stride_c
+    batch, offs_m, mask_m, tgt_base, tgt = _program_rows(Tgt, M, C, BLOCK_M, C_PAD, EVEN_C)
+    tgt_x, tgt_y, _, _ = _load_planar(TgtXY, batch, M, offs_m, mask_m, 2)
+    src_base = _batch_rows(Src, batch, N, C, C_PAD, EVEN_C)
     row_stride = _coordinate_stride(N)
     src_xy_base = SrcXY + batch * 2 * row_stride
     stats_base = Stats + batch * 3 * row_stride
@@ -349,16 +316,14 @@ def _warp_bwd_tgt_kernel(
 
     grad_tgt = tl.zeros([BLOCK_M, C_PAD], acc_dtype)
     full_n = _full_tiles_end(N, BLOCK_N, LOW_PRECISION=tgt.dtype.primitive_bitwidth < 32)
-    for start_n in range(0, full_n, BLOCK_N):
-        grad_tgt = _warp_bwd_tgt_step(tgt, tgt_base, offs_m, mask_m, tgt_x, tgt_y, src_base, src_xy_base, lse_base,
-                                      stats_base, row_stride, start_n, N, C, grad_tgt, scale_log2e, pow_half, C_PAD, BLOCK_N,
-                                      K_CHUNK, POW_MODE, IS_FP64, EVEN_C, False, DOT)
-    for start_n in range(full_n, N, BLOCK_N):
-        grad_tgt = _warp_bwd_tgt_step(tgt, tgt_base, offs_m, mask_m, tgt_x, tgt_y, src_base, src_xy_base, lse_base,
-                                      stats_base, row_stride, start_n, N, C, grad_tgt, scale_log2e, pow_half, C_PAD, BLOCK_N,
-                                      K_CHUNK, POW_MODE, IS_FP64, EVEN_C, True, DOT)
+    for masked in tl.static_range(2):  # the full tiles with no masks, then the partial tile (if any) with them
+        for start_n in range(full_n if masked else 0, N if masked else full_n, BLOCK_N):
+            grad_tgt = _warp_loss_bwd_tgt_step(tgt, tgt_base, offs_m, mask_m, tgt_x, tgt_y, src_base, src_xy_base,
+                                          lse_base, stats_base, row_stride, start_n, N, C, grad_tgt, scale_log2e,
+                                          pow_half, C_PAD, BLOCK_N, K_CHUNK, POW_MODE, IS_FP64, EVEN_C, masked == 1,
+                                          DOT)
 
-    _store_rows(GradTgt + batch * M * stride_c, offs_m, mask_m, grad_tgt * scale, C, C_PAD, EVEN_C)
+    _store_rows(_batch_rows(GradTgt, batch, M, C, C_PAD, EVEN_C), offs_m, mask_m, grad_tgt * scale, C, C_PAD, EVEN_C)
 
 
 # --------------------------------------------------------------------------------------------- launchers
@@ -402,14 +367,14 @@ def warp_loss_forward(src, tgt, src_xy, tgt_xy, pow: float, scale: float) -> tup
     batch, n, c = src.shape
     m = tgt.shape[1]
     c_pad = channel_pad(c)
-    constexprs, config = kernel_constexprs("warp_fwd", c_pad, src.dtype, c == c_pad, dot_algorithm(src.dtype),
+    constexprs, config = kernel_constexprs("warp_loss_fwd", c_pad, src.dtype, c == c_pad, dot_algorithm(src.dtype),
                                            pow_mode(pow))
     src_planar = _coordinates(src_xy, batch, src, pow)
     tgt_planar = _coordinates(tgt_xy, batch, src, pow)
     stat_dtype = precision.accumulate_dtype(src.dtype)
     rows = torch.empty((batch, n), dtype=stat_dtype, device=src.device)
     lse = torch.empty((batch, n), dtype=lse_dtype(src.dtype), device=src.device)
-    _warp_fwd_kernel[(triton.cdiv(n, config.block_n), batch)](
+    _warp_loss_fwd_kernel[(triton.cdiv(n, config.block_n), batch)](
         src, tgt, src_planar, tgt_planar, rows, lse, n, m, c,
         *split_scalar(log2_scale(scale)), *split_scalar(0.5 * pow), **constexprs, **launch_options(config))
     if _doubles_coordinates(src, pow):
@@ -421,7 +386,7 @@ def warp_loss_backward(grad_rows, src, tgt, src_xy, tgt_xy, rows, lse, pow: floa
     """Fused warp-loss backward: ``grad_rows`` ``(B, N)`` -> ``grad_src`` ``(B, N, C)``, ``grad_tgt`` ``(B, M, C)``.
 
     ``rows`` and ``lse`` ``(B, N)`` come from :func:`warp_loss_forward`; ``rows`` is the estimate L~_u that
-    the src kernel corrects with this backward's own probabilities (see _warp_bwd_src_kernel).
+    the src kernel corrects with this backward's own probabilities (see _warp_loss_bwd_src_kernel).
     """
     check_runnable(src)
     src, tgt, rows = src.contiguous(), tgt.contiguous(), rows.contiguous()
@@ -429,7 +394,7 @@ def warp_loss_backward(grad_rows, src, tgt, src_xy, tgt_xy, rows, lse, pow: floa
     batch, n, c = src.shape
     m = tgt.shape[1]
     c_pad = channel_pad(c)
-    constexprs, config = kernel_constexprs("warp_bwd", c_pad, src.dtype, c == c_pad, dot_algorithm(src.dtype),
+    constexprs, config = kernel_constexprs("warp_loss_bwd", c_pad, src.dtype, c == c_pad, dot_algorithm(src.dtype),
                                            pow_mode(pow))
     launch = launch_options(config)
     src_planar = _coordinates(src_xy, batch, src, pow)
@@ -438,13 +403,13 @@ def warp_loss_backward(grad_rows, src, tgt, src_xy, tgt_xy, rows, lse, pow: floa
     grad_src = torch.empty(src.shape, dtype=src.dtype, device=src.device)
     grad_tgt = torch.empty(tgt.shape, dtype=tgt.dtype, device=tgt.device)
     # O(B·N), the only extra buffer: L~_u, L_u - L~_u and upstream / sum_v P per source row, written by
-    # the src kernel for the tgt kernel, planar like the coordinates (see _warp_bwd_src_kernel)
+    # the src kernel for the tgt kernel, planar like the coordinates (see _warp_loss_bwd_src_kernel)
     stats = torch.empty((batch, 3, src_planar.shape[-1]), dtype=rows.dtype, device=src.device)
     scalars = (*split_scalar(scale), *split_scalar(log2_scale(scale)), *split_scalar(0.5 * pow))
-    _warp_bwd_src_kernel[(triton.cdiv(n, config.block_n), batch)](
+    _warp_loss_bwd_src_kernel[(triton.cdiv(n, config.block_n), batch)](
         grad_rows, src, tgt, src_planar, tgt_planar, rows, lse, stats, grad_src, n, m, c, *scalars, **constexprs,
         **launch)
-    _warp_bwd_tgt_kernel[(triton.cdiv(m, config.block_m), batch)](
+    _warp_loss_bwd_tgt_kernel[(triton.cdiv(m, config.block_m), batch)](
         grad_rows, src, tgt, src_planar, tgt_planar, lse, stats, grad_tgt, n, m, c, *scalars, **constexprs, **launch)
     return grad_src, grad_tgt
 
@@ -461,20 +426,20 @@ def warp_loss_specializations() -> list:
             for mode in POW_MODES:
                 ragged = "" if even_c else "_ragged"
                 tag = f"{triton_type(dtype)}{dot_suffix(dot)}_c{c_pad}_{POW_MODE_NAMES[mode]}"
-                constexprs, config = kernel_constexprs("warp_fwd", c_pad, dtype, even_c, dot, mode)
+                constexprs, config = kernel_constexprs("warp_loss_fwd", c_pad, dtype, even_c, dot, mode)
                 specs.append(make_specialization(
-                    f"warp_fwd_{tag}{ragged}", _warp_fwd_kernel,
+                    f"warp_loss_fwd_{tag}{ragged}", _warp_loss_fwd_kernel,
                     dict(Src=feat, Tgt=feat, SrcXY=stat, TgtXY=stat, Rows=stat, Lse=lse, **ints,
                          SCALE_LOG2E_HI="fp32", SCALE_LOG2E_LO="fp32", POW_HALF_HI="fp32", POW_HALF_LO="fp32"),
                     constexprs, config,
                     tiles_per_iteration=3 if dtype.itemsize == 2 and mode == POW_FOURTH_ROOT else 1))
-                constexprs, config = kernel_constexprs("warp_bwd", c_pad, dtype, even_c, dot, mode)
+                constexprs, config = kernel_constexprs("warp_loss_bwd", c_pad, dtype, even_c, dot, mode)
                 arg_types = dict(GradRows=stat, Src=feat, Tgt=feat, SrcXY=stat, TgtXY=stat, Rows=stat, Lse=lse,
                                  Stats=stat, GradSrc=feat, GradTgt=feat, **ints, SCALE_HI="fp32", SCALE_LO="fp32",
                                  SCALE_LOG2E_HI="fp32", SCALE_LOG2E_LO="fp32", POW_HALF_HI="fp32",
                                  POW_HALF_LO="fp32")
                 specs.append(make_specialization(
-                    f"warp_bwd_src_{tag}{ragged}", _warp_bwd_src_kernel, arg_types, constexprs, config))
+                    f"warp_loss_bwd_src_{tag}{ragged}", _warp_loss_bwd_src_kernel, arg_types, constexprs, config))
                 specs.append(make_specialization(
-                    f"warp_bwd_tgt_{tag}{ragged}", _warp_bwd_tgt_kernel, arg_types, constexprs, config))
+                    f"warp_loss_bwd_tgt_{tag}{ragged}", _warp_loss_bwd_tgt_kernel, arg_types, constexprs, config))
     return specs
