@@ -10,19 +10,14 @@
 //
 // Backward (flash-attention-2 style recomputation from lse), with dP_uw = <dO_u, aux_w>:
 //   dlogit_uw = p_uw (dP_uw - D_u),  D_u = sum_w p_uw dP_uw
-// p = P / S_u are this backward's own probabilities P = exp(logit - lse) normalised by their sum S_u, and
-// D_u = D~_u + (sum_w P_uw (dP_uw - D~_u)) / S_u with D~_u = <dO_u, out_u> (flash attention's estimate): a
-// statistics pass per query tile, then dlogit element by element as p ((dP - D~) - (D - D~)). Both
-// differences are of nearly equal numbers where p matters, so a peaked (one-hot) row cancels exactly, as
-// in the dense computation; FlashAttention's D~ alone is off by ~1e-5 |dP| there (float32 outputs).
 //   grad_query_u = scale * sum_w dlogit_uw aux_w
 //   grad_aux_w   = scale * sum_u dlogit_uw query_u  +  sum_u p_uw dO_u        (key + value roles)
-// Then one pass over all (u, w) pairs: tasks are (batch, fixed chunk of query tiles); each chunk adds
-// its grad_aux contribution into a private workspace, and the chunks are summed in chunk order at
-// the end. No atomics, no order that depends on the threads.
+// computed by two_pass_backward (backward.h) with ExchangeRows below: p = P / S_u are this backward's own
+// probabilities, and D_u = D~_u + (sum_w P_uw (dP_uw - D~_u)) / S_u with D~_u = <dO_u, out_u> (flash attention's
+// estimate, which alone is off by ~1e-5 |dP| for a peaked row with float32 outputs).
 #pragma once
 
-#include "common.h"
+#include "backward.h"
 
 namespace dve {
 inline namespace DVE_ISA_NS {
@@ -95,121 +90,79 @@ void exchange_forward(const S* query, const S* aux, S* out, double* lse, std::in
   }
 }
 
+namespace detail {
+
+// The exchange's part of two_pass_backward (backward.h): rows are queries, columns aux rows, f_uw = dP_uw =
+// <dO_u, aux_w>, c~_u = D~_u = <dO_u, out_u>, and grad_aux also gets the value role's P^T dO.
+template <class S>
+struct ExchangeRows {
+  using A = compute_t<S>;
+  const S* grad_out;
+  const S* out;
+  std::int64_t channels;
+  std::int64_t padded = 0;
+  std::vector<A> dout_tile, dp, prob;
+  A delta[kTileRows];
+
+  ExchangeRows(const S* grad_out_, const S* out_, std::int64_t channels_)
+      : grad_out(grad_out_), out(out_), channels(channels_) {}
+
+  void allocate(std::int64_t padded_channels) {
+    padded = padded_channels;
+    dout_tile.resize(kTileRows * padded);
+    dp.resize(kTileRows * kTileCols);
+    prob.resize(kTileRows * kTileCols);
+  }
+
+  void begin_rows(std::int64_t, std::int64_t row0, int nu) {
+    load_rows(dout_tile.data(), kTileRows, grad_out + row0 * channels, nu, channels, padded, A(1));
+    for (int r = 0; r < nu; ++r) {
+      A d = A(0);
+      const S* out_row = out + (row0 + r) * channels;
+      const A* dout_row = dout_tile.data() + r * padded;
+      for (std::int64_t c = 0; c < channels; ++c) d += dout_row[c] * storage_traits<S>::load(out_row[c]);
+      delta[r] = d;
+    }
+  }
+
+  void begin_cols(std::int64_t b, std::int64_t v0, int, int rows, const PackedTiles<A>& packed) {
+    tile_logits(dout_tile.data(), padded, packed.transposed_of(b, v0), channels, rows, dp.data());  // <dO_u, aux_w>
+  }
+
+  A centre(int r) const { return delta[r]; }
+
+  auto value(int r) const {
+    const A* d_row = dp.data() + r * kTileCols;
+    return [d_row](int k) { return d_row[k]; };
+  }
+
+  // dlogit_uw = p_uw ((dP_uw - D~_u) - e_u / S_u), p = P / S_u (kept for the value role)
+  void dlogit_row(int r, const A* l_row, A hi, A lo, int nv, A excess, A normaliser, A* d_row) {
+    const A* dp_row = dp.data() + r * kTileCols;
+    A* p_row = prob.data() + r * kTileCols;
+    const A row_delta = delta[r];  // row constants in locals: the vectoriser cannot prove the stores leave them alone
+    for (int k = 0; k < kTileCols; ++k) {
+      const A p = k < nv ? softmax_exp(static_cast<A>((l_row[k] - hi) - lo)) * normaliser : A(0);
+      p_row[k] = p;
+      d_row[k] = p * (static_cast<A>(dp_row[k] - row_delta) - excess);
+    }
+  }
+
+  void accumulate_cols(A* grad_aux_rows, int aux_rows_count, int nu) {  // the value role: grad_aux += P^T @ dO
+    accumulate_rows(grad_aux_rows, prob.data(), 1, kTileCols, aux_rows_count, dout_tile.data(), nu, padded);
+  }
+};
+
+}  // namespace detail
+
 template <class S>
 void exchange_backward(const S* grad_out, const S* query, const S* aux, const S* out, const double* lse,
                        S* grad_query, S* grad_aux, std::int64_t batch, std::int64_t n_query, std::int64_t n_aux,
                        std::int64_t channels, double scale, int num_threads = 0) {
-  using A = compute_t<S>;
-  const std::int64_t padded = padded_channels<A>(channels);
-  const std::int64_t query_tiles = ceil_div(n_query, kTileRows);
-  const std::int64_t aux_tiles = ceil_div(n_aux, kTileCols);
-  const std::int64_t aux_rows_padded = aux_tiles * kTileCols;
-  const std::int64_t chunks = backward_chunks(batch, query_tiles);
-  const std::int64_t tasks = batch * chunks;
-  const A scale_a = static_cast<A>(scale);
   const int threads = resolve_threads(num_threads);
-  const PackedTiles<A> packed(aux, batch, n_aux, channels, true, threads);
-
-  // grad_aux partial sums, one per (chunk, batch): O(chunks * B * M * C), never N x M.
-  std::vector<A> partial(static_cast<std::size_t>(chunks * batch * aux_rows_padded * padded), A(0));
-
-#pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
-  for (std::int64_t task = 0; task < tasks; ++task) {
-    const std::int64_t b = task / chunks;
-    const std::int64_t chunk = task % chunks;
-    const std::int64_t tile_begin = chunk * query_tiles / chunks;
-    const std::int64_t tile_end = (chunk + 1) * query_tiles / chunks;
-    A* grad_aux_part = partial.data() + (chunk * batch + b) * aux_rows_padded * padded;
-
-    std::vector<A> q_tile(kTileRows * padded), dout_tile(kTileRows * padded), grad_q(kTileRows * padded);
-    std::vector<A> prob(kTileRows * kTileCols), dlogit(kTileRows * kTileCols);
-    std::vector<A> logits(kTileRows * kTileCols), dp(kTileRows * kTileCols);
-    A delta[kTileRows];
-    A lse_hi[kTileRows], lse_lo[kTileRows];
-    A row_excess[kTileRows], row_scale[kTileRows];
-    A sum_lanes[kTileRows][kLanes], excess_lanes[kTileRows][kLanes];
-
-    for (std::int64_t tile = tile_begin; tile < tile_end; ++tile) {
-      const std::int64_t u0 = tile * kTileRows;
-      const int nu = static_cast<int>(std::min<std::int64_t>(kTileRows, n_query - u0));
-      const int rows = round_up(nu, kMicroRows);
-      const std::int64_t row0 = b * n_query + u0;
-      load_rows(q_tile.data(), kTileRows, query + row0 * channels, nu, channels, padded, scale_a);
-      load_rows(dout_tile.data(), kTileRows, grad_out + row0 * channels, nu, channels, padded, A(1));
-      std::fill(grad_q.begin(), grad_q.end(), A(0));
-      for (int r = 0; r < nu; ++r) {
-        A d = A(0);
-        const S* out_row = out + (row0 + r) * channels;
-        const A* dout_row = dout_tile.data() + r * padded;
-        for (std::int64_t c = 0; c < channels; ++c) d += dout_row[c] * storage_traits<S>::load(out_row[c]);
-        delta[r] = d;
-        const split_lse<A> split(lse[row0 + r]);
-        lse_hi[r] = split.hi;
-        lse_lo[r] = split.lo;
-      }
-
-      // Pass 1, statistics of this backward's own probabilities: S_u = sum_w P_uw and
-      // e_u = sum_w P_uw (dP_uw - D~_u). The row term of the softmax Jacobian is D_u = sum_w p_uw dP_uw with
-      // p = P / S, i.e. D_u = D~_u + e_u / S_u. Each term of e_u is a small difference of nearly equal numbers,
-      // exact where it matters (Sterbenz), so D_u is as consistent with dP as the dense computation's own
-      // sum_w p dP, which is what makes dP - D cancel exactly for a peaked (one-hot) row.
-      for (int r = 0; r < nu; ++r) {
-        for (int l = 0; l < kLanes; ++l) sum_lanes[r][l] = excess_lanes[r][l] = A(0);
-      }
-      for (std::int64_t v0 = 0; v0 < n_aux; v0 += kTileCols) {
-        const int nv = static_cast<int>(std::min<std::int64_t>(kTileCols, n_aux - v0));
-        const A* aux_t = packed.transposed_of(b, v0);
-        tile_logits(q_tile.data(), padded, aux_t, channels, rows, logits.data());
-        tile_logits(dout_tile.data(), padded, aux_t, channels, rows, dp.data());
-        for (int r = 0; r < nu; ++r) {
-          const A* l_row = logits.data() + r * kTileCols;
-          const A* d_row = dp.data() + r * kTileCols;
-          add_mass_and_excess(l_row, lse_hi[r], lse_lo[r], nv, delta[r], [&](int k) { return d_row[k]; },
-                              sum_lanes[r], excess_lanes[r]);
-        }
-      }
-      for (int r = 0; r < nu; ++r) {
-        row_scale[r] = A(1) / lane_total(sum_lanes[r]);
-        row_excess[r] = lane_total(excess_lanes[r]) * row_scale[r];  // e_u / S_u = D_u - D~_u
-      }
-
-      // Pass 2: dlogit_uw = p_uw ((dP_uw - D~_u) - e_u / S_u), element by element.
-      for (std::int64_t v0 = 0; v0 < n_aux; v0 += kTileCols) {
-        const int nv = static_cast<int>(std::min<std::int64_t>(kTileCols, n_aux - v0));
-        const int aux_rows_count = round_up(nv, kMicroRows);
-        const A* aux_t = packed.transposed_of(b, v0);
-        tile_logits(q_tile.data(), padded, aux_t, channels, rows, logits.data());
-        tile_logits(dout_tile.data(), padded, aux_t, channels, rows, dp.data());  // <dO_u, aux_w>
-        for (int r = 0; r < nu; ++r) {
-          const A* l_row = logits.data() + r * kTileCols;
-          const A* dp_row = dp.data() + r * kTileCols;
-          A* p_row = prob.data() + r * kTileCols;
-          A* d_row = dlogit.data() + r * kTileCols;
-          // row constants in locals: the vectoriser cannot prove the row stores leave them alone
-          const A hi = lse_hi[r], lo = lse_lo[r];
-          const A row_delta = delta[r], excess = row_excess[r], normaliser = row_scale[r];
-          for (int k = 0; k < kTileCols; ++k) {
-            const A p = k < nv ? softmax_exp(static_cast<A>((l_row[k] - hi) - lo)) * normaliser : A(0);
-            p_row[k] = p;
-            d_row[k] = p * (static_cast<A>(dp_row[k] - row_delta) - excess);
-          }
-        }
-        // grad_q += dlogit @ aux;  grad_aux += dlogit^T @ (scale q) + P^T @ dO
-        accumulate_rows(grad_q.data(), dlogit.data(), kTileCols, 1, rows, packed.rows_of(b, v0), nv, padded);
-        A* grad_aux_rows = grad_aux_part + v0 * padded;
-        accumulate_rows(grad_aux_rows, dlogit.data(), 1, kTileCols, aux_rows_count, q_tile.data(), nu, padded);
-        accumulate_rows(grad_aux_rows, prob.data(), 1, kTileCols, aux_rows_count, dout_tile.data(), nu, padded);
-      }
-
-      for (int r = 0; r < nu; ++r) {
-        const A* g = grad_q.data() + r * padded;
-        S* dst = grad_query + (row0 + r) * channels;
-        for (std::int64_t c = 0; c < channels; ++c) dst[c] = storage_traits<S>::store(g[c] * scale_a);
-      }
-    }
-  }
-
-  sum_chunk_partials(partial, chunks, batch, n_aux, aux_rows_padded, channels, padded, grad_aux, threads);
+  const PackedTiles<compute_t<S>> packed(aux, batch, n_aux, channels, true, threads);
+  two_pass_backward(query, lse, packed, grad_query, grad_aux, batch, n_query, n_aux, channels, scale, threads,
+                    detail::ExchangeRows<S>(grad_out, out, channels));
 }
 
 }  // namespace DVE_ISA_NS

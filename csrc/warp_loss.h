@@ -8,15 +8,12 @@
 //
 // Backward, with g_u = grad_rows_u and d_uv the distance term:
 //   dlogit_uv = p_uv (d_uv - L_u) g_u,  L_u = sum_v p_uv d_uv
-// with p = P / S_u this backward's own normalised probabilities and L_u = L~_u + sum_v P_uv (d_uv - L~_u) / S_u
-// (L~_u: the forward's rows), from a statistics pass per source tile; dlogit is then formed element by element
-// as p ((d - L~) - (L - L~)), which cancels exactly where p is peaked, as the dense computation does.
 //   grad_src_u = scale * sum_v dlogit_uv tgt_v,   grad_tgt_v = scale * sum_u dlogit_uv src_u
-// One pass over all (u, v) pairs, tasks = (batch, fixed chunk of source tiles), grad_tgt summed
-// over chunks in chunk order (see exchange.h: deterministic, no atomics).
+// computed by two_pass_backward (backward.h) with WarpLossRows below: p = P / S_u are this backward's own
+// normalised probabilities and L_u = L~_u + sum_v P_uv (d_uv - L~_u) / S_u (L~_u: the forward's rows).
 #pragma once
 
-#include "common.h"
+#include "backward.h"
 
 namespace dve {
 inline namespace DVE_ISA_NS {
@@ -126,115 +123,73 @@ void warp_loss_forward_impl(const S* src, const S* tgt, const compute_t<S>* src_
   }
 }
 
+// The warp loss's part of two_pass_backward (backward.h): rows are sources, columns targets, f_uv = d_uv (the
+// distance term), c~_u = L~_u (the forward's rows), and each row's dlogit carries the upstream gradient g_u.
+template <PowMode mode, class S>
+struct WarpLossRows {
+  using A = compute_t<S>;
+  const A* grad_rows;
+  const A* src_xy;
+  const A* tgt_xy;
+  const A* rows_in;
+  std::int64_t n_tgt;
+  A half_pow;
+  A row_value[kTileRows], row_grad[kTileRows], sx[kTileRows], sy[kTileRows];
+  A tx[kTileCols], ty[kTileCols];
+
+  WarpLossRows(const A* grad_rows_, const A* src_xy_, const A* tgt_xy_, const A* rows_in_, std::int64_t n_tgt_,
+               A half_pow_)
+      : grad_rows(grad_rows_), src_xy(src_xy_), tgt_xy(tgt_xy_), rows_in(rows_in_), n_tgt(n_tgt_), half_pow(half_pow_) {}
+
+  void allocate(std::int64_t) {}
+
+  void begin_rows(std::int64_t, std::int64_t row0, int nu) {
+    for (int r = 0; r < nu; ++r) {
+      row_value[r] = rows_in[row0 + r];
+      row_grad[r] = grad_rows[row0 + r];
+      sx[r] = src_xy[2 * (row0 + r)];
+      sy[r] = src_xy[2 * (row0 + r) + 1];
+    }
+  }
+
+  void begin_cols(std::int64_t b, std::int64_t v0, int nv, int, const PackedTiles<A>&) {
+    load_coordinates(tgt_xy + (b * n_tgt + v0) * 2, nv, tx, ty);
+  }
+
+  A centre(int r) const { return row_value[r]; }
+
+  auto value(int r) const {
+    const A x = sx[r], y = sy[r], half = half_pow;
+    const A* xs = tx;
+    const A* ys = ty;
+    return [x, y, xs, ys, half](int k) { return distance_to<mode>(x, y, xs, ys, k, half); };
+  }
+
+  // dlogit_uv = g_u p_uv ((d_uv - L~_u) - e_u / S_u), p = P / S_u
+  void dlogit_row(int r, const A* l_row, A hi, A lo, int nv, A excess, A normaliser, A* row) const {
+    // row constants in locals: the vectoriser cannot prove the row stores leave them alone
+    const A x = sx[r], y = sy[r], half = half_pow;
+    const A value = row_value[r];
+    const A grad = row_grad[r] * normaliser;
+    for (int k = 0; k < kTileCols; ++k) {
+      const A p = k < nv ? softmax_exp(static_cast<A>((l_row[k] - hi) - lo)) : A(0);
+      row[k] = p * ((distance_to<mode>(x, y, tx, ty, k, half) - value) - excess) * grad;
+    }
+  }
+
+  void accumulate_cols(A*, int, int) {}
+};
+
 template <PowMode mode, class S>
 void warp_loss_backward_impl(const compute_t<S>* grad_rows, const S* src, const S* tgt, const compute_t<S>* src_xy,
                              const compute_t<S>* tgt_xy, const compute_t<S>* rows_in, const double* lse,
                              S* grad_src, S* grad_tgt, std::int64_t batch, std::int64_t n_src, std::int64_t n_tgt,
                              std::int64_t channels, double pow, double scale, int num_threads) {
-  using A = compute_t<S>;
-  const std::int64_t padded = padded_channels<A>(channels);
-  const std::int64_t src_tiles = ceil_div(n_src, kTileRows);
-  const std::int64_t tgt_tiles = ceil_div(n_tgt, kTileCols);
-  const std::int64_t tgt_rows_padded = tgt_tiles * kTileCols;
-  const std::int64_t chunks = backward_chunks(batch, src_tiles);
-  const std::int64_t tasks = batch * chunks;
-  const A scale_a = static_cast<A>(scale);
-  const A half_pow = static_cast<A>(pow / 2);
   const int threads = resolve_threads(num_threads);
-  const PackedTiles<A> packed(tgt, batch, n_tgt, channels, true, threads);
-
-  std::vector<A> partial(static_cast<std::size_t>(chunks * batch * tgt_rows_padded * padded), A(0));
-
-#pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
-  for (std::int64_t task = 0; task < tasks; ++task) {
-    const std::int64_t b = task / chunks;
-    const std::int64_t chunk = task % chunks;
-    const std::int64_t tile_begin = chunk * src_tiles / chunks;
-    const std::int64_t tile_end = (chunk + 1) * src_tiles / chunks;
-    const A* tgt_xy_b = tgt_xy + b * n_tgt * 2;
-    A* grad_tgt_part = partial.data() + (chunk * batch + b) * tgt_rows_padded * padded;
-
-    std::vector<A> src_tile(kTileRows * padded), grad_s(kTileRows * padded);
-    std::vector<A> dlogit(kTileRows * kTileCols);
-    std::vector<A> logits(kTileRows * kTileCols);
-    A lse_hi[kTileRows], lse_lo[kTileRows];
-    A row_value[kTileRows], row_grad[kTileRows];
-    A row_excess[kTileRows], row_scale[kTileRows];
-    A sum_lanes[kTileRows][kLanes], excess_lanes[kTileRows][kLanes];
-    A tx[kTileCols], ty[kTileCols];
-
-    for (std::int64_t tile = tile_begin; tile < tile_end; ++tile) {
-      const std::int64_t u0 = tile * kTileRows;
-      const int nu = static_cast<int>(std::min<std::int64_t>(kTileRows, n_src - u0));
-      const int rows = round_up(nu, kMicroRows);
-      const std::int64_t row0 = b * n_src + u0;
-      load_rows(src_tile.data(), kTileRows, src + row0 * channels, nu, channels, padded, scale_a);
-      std::fill(grad_s.begin(), grad_s.end(), A(0));
-      for (int r = 0; r < nu; ++r) {
-        const split_lse<A> split(lse[row0 + r]);
-        lse_hi[r] = split.hi;
-        lse_lo[r] = split.lo;
-        row_value[r] = rows_in[row0 + r];
-        row_grad[r] = grad_rows[row0 + r];
-      }
-
-      // Pass 1: S_u = sum_v P_uv and e_u = sum_v P_uv (d_uv - L~_u) for this backward's own P = exp(logit -
-      // lse), L~_u = the forward's rows. L_u = L~_u + e_u / S_u is then the expected distance under p = P / S
-      // exactly as the dense computation forms it, so d - L cancels where p is peaked.
-      for (int r = 0; r < nu; ++r) {
-        for (int l = 0; l < kLanes; ++l) sum_lanes[r][l] = excess_lanes[r][l] = A(0);
-      }
-      for (std::int64_t v0 = 0; v0 < n_tgt; v0 += kTileCols) {
-        const int nv = static_cast<int>(std::min<std::int64_t>(kTileCols, n_tgt - v0));
-        load_coordinates(tgt_xy_b + 2 * v0, nv, tx, ty);
-        tile_logits(src_tile.data(), padded, packed.transposed_of(b, v0), channels, rows, logits.data());
-        for (int r = 0; r < nu; ++r) {
-          const A* row = logits.data() + r * kTileCols;
-          const A sx = src_xy[2 * (row0 + r)], sy = src_xy[2 * (row0 + r) + 1];
-          add_mass_and_excess(row, lse_hi[r], lse_lo[r], nv, row_value[r],
-                              [&](int k) { return distance_to<mode>(sx, sy, tx, ty, k, half_pow); },
-                              sum_lanes[r], excess_lanes[r]);
-        }
-      }
-      for (int r = 0; r < nu; ++r) {
-        row_scale[r] = A(1) / lane_total(sum_lanes[r]);
-        row_excess[r] = lane_total(excess_lanes[r]) * row_scale[r];  // e_u / S_u = L_u - L~_u
-      }
-
-      // Pass 2: dlogit_uv = g_u p_uv ((d_uv - L~_u) - e_u / S_u), element by element.
-      for (std::int64_t v0 = 0; v0 < n_tgt; v0 += kTileCols) {
-        const int nv = static_cast<int>(std::min<std::int64_t>(kTileCols, n_tgt - v0));
-        const int tgt_rows_count = round_up(nv, kMicroRows);
-        load_coordinates(tgt_xy_b + 2 * v0, nv, tx, ty);
-        tile_logits(src_tile.data(), padded, packed.transposed_of(b, v0), channels, rows, logits.data());
-        for (int r = 0; r < nu; ++r) {
-          const A* l_row = logits.data() + r * kTileCols;
-          A* row = dlogit.data() + r * kTileCols;
-          const A sx = src_xy[2 * (row0 + r)], sy = src_xy[2 * (row0 + r) + 1];
-          // row constants in locals: the vectoriser cannot prove the row stores leave them alone
-          const A hi = lse_hi[r], lo = lse_lo[r];
-          const A value = row_value[r], excess = row_excess[r];
-          const A grad = row_grad[r] * row_scale[r];
-          for (int k = 0; k < kTileCols; ++k) {
-            const A p = k < nv ? softmax_exp(static_cast<A>((l_row[k] - hi) - lo)) : A(0);
-            row[k] = p * ((distance_to<mode>(sx, sy, tx, ty, k, half_pow) - value) - excess) * grad;
-          }
-        }
-        // grad_src += dlogit @ tgt;  grad_tgt += dlogit^T @ (scale src)
-        accumulate_rows(grad_s.data(), dlogit.data(), kTileCols, 1, rows, packed.rows_of(b, v0), nv, padded);
-        accumulate_rows(grad_tgt_part + v0 * padded, dlogit.data(), 1, kTileCols, tgt_rows_count, src_tile.data(), nu,
-                        padded);
-      }
-
-      for (int r = 0; r < nu; ++r) {
-        const A* g = grad_s.data() + r * padded;
-        S* dst = grad_src + (row0 + r) * channels;
-        for (std::int64_t c = 0; c < channels; ++c) dst[c] = storage_traits<S>::store(g[c] * scale_a);
-      }
-    }
-  }
-
-  sum_chunk_partials(partial, chunks, batch, n_tgt, tgt_rows_padded, channels, padded, grad_tgt, threads);
+  const PackedTiles<compute_t<S>> packed(tgt, batch, n_tgt, channels, true, threads);
+  two_pass_backward(src, lse, packed, grad_src, grad_tgt, batch, n_src, n_tgt, channels, scale, threads,
+                    WarpLossRows<mode, S>(grad_rows, src_xy, tgt_xy, rows_in, n_tgt,
+                                          static_cast<compute_t<S>>(pow / 2)));
 }
 
 }  // namespace detail
