@@ -9,6 +9,7 @@ launchers and the AOT list build their compile-time arguments with the same :fun
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
 import triton
@@ -189,6 +190,34 @@ def launch_options(config: LaunchConfig) -> dict:
                 maxnreg=config.max_registers)
 
 
+class LaunchPlan(NamedTuple):
+    """What a launcher needs for one call: the contiguous row and column features, their sizes, the kernels'
+    compile-time arguments (``constexprs``), the launch keywords (``options``) and the block sizes (``config``)."""
+
+    rows: torch.Tensor
+    cols: torch.Tensor
+    batch: int
+    n: int
+    m: int
+    c: int
+    constexprs: dict
+    options: dict
+    config: LaunchConfig
+
+
+def launch_plan(pass_name: str, rows: torch.Tensor, cols: torch.Tensor, pow_mode: int | None = None) -> LaunchPlan:
+    """The launchers' common opening, for ``rows`` (B, N, C) and ``cols`` (B, M, C) of one dtype and device: checks
+    that the kernels can run, reads contiguous copies, and builds the pass's constexprs and launch options with
+    the dot algorithm the matmul precision asks for (kernel_constexprs, dot_algorithm)."""
+    check_runnable(rows)
+    rows, cols = rows.contiguous(), cols.contiguous()
+    batch, n, c = rows.shape
+    c_pad = channel_pad(c)
+    constexprs, config = kernel_constexprs(pass_name, c_pad, rows.dtype, c == c_pad, dot_algorithm(rows.dtype),
+                                           pow_mode)
+    return LaunchPlan(rows, cols, batch, n, cols.shape[1], c, constexprs, launch_options(config), config)
+
+
 def pow_mode(pow: float) -> int:
     """The constexpr POW_MODE for a distance power."""
     if pow == 0.5:
@@ -280,3 +309,37 @@ def make_specialization(name, kernel, arg_types: dict, constexprs: dict, config:
     pointers = tuple(arg for arg, kind in signature.items() if kind.startswith("*"))
     return Specialization(name, kernel, signature, dict(constexprs), config.num_warps, config.num_stages, pointers,
                           tiles_per_iteration, config.max_registers)
+
+
+class SpecializationCase(NamedTuple):
+    """One (dtype, dot algorithm, channel pad, EVEN_C) the launchers can meet, with what every kernel's AOT
+    signature and name need: pointer types of the features (``feat``), of the float32/float64 statistics and
+    coordinates (``stat``) and of the lse; the sizes and scalars; the name's tag and ragged suffix."""
+
+    dtype: torch.dtype
+    dot: str
+    c_pad: int
+    even_c: bool
+    feat: str
+    stat: str
+    lse: str
+    ints: dict
+    tag: str
+    ragged: str
+
+    def scalars(self, *names: str) -> dict:
+        """The float32 hi / lo pairs of the scalars ``names`` (see split_scalar)."""
+        return {f"{name}_{part}": "fp32" for name in names for part in ("HI", "LO")}
+
+
+def specialization_cases():
+    """Every SpecializationCase, in the order of the AOT list (see kernel_specializations)."""
+    for dtype, dot in DTYPE_DOTS:
+        for c_pad in CHANNEL_PADS:
+            for even_c in (True, False):
+                yield SpecializationCase(
+                    dtype, dot, c_pad, even_c, feat="*" + triton_type(dtype),
+                    stat="*" + triton_type(precision.accumulate_dtype(dtype)), lse="*" + triton_type(lse_dtype(dtype)),
+                    ints=dict(N="i32", M="i32", C="i32"), tag=f"{triton_type(dtype)}{dot_suffix(dot)}_c{c_pad}",
+                    ragged="" if even_c else "_ragged")
+

@@ -178,6 +178,20 @@ def _dot_nt_sliced(A, a_rows, a_mask, B, b_rows, b_mask, C, scale_log2e, SCALE_A
 
 
 @triton.jit
+def _store_lse(Lse, batch, n_rows, offs, mask, m_i, l_i, LOW_PRECISION: tl.constexpr):
+    """The forwards' epilogue: each row's log2-sum-exp2 ``m_i + log2(l_i)`` into ``Lse`` (B, n_rows).
+
+    32/64-bit data: formed in float64 per row (see _exp2_minus_lse: the backward splits it into hi + lo).
+    16-bit data: in float32; the backward divides out its rounding (lse_to_natural).
+    """
+    if LOW_PRECISION:
+        lse = m_i + tl.log2(l_i)
+    else:
+        lse = m_i.to(tl.float64) + tl.log2(l_i.to(tl.float64))
+    tl.store(Lse + batch * n_rows + offs, lse, mask=mask)
+
+
+@triton.jit
 def _exp2_minus_lse(logits, lse, ACC_DTYPE: tl.constexpr):
     """``exp2(logit - lse)`` per element, in ACC_DTYPE, for the float64 per-row ``lse`` (base 2) of the forward.
 

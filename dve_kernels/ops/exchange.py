@@ -18,21 +18,15 @@ import triton.language as tl
 from .. import precision
 from ._launch import (
     aligned_stride,
-    channel_pad,
-    CHANNEL_PADS,
-    check_runnable,
-    dot_algorithm,
-    dot_suffix,
-    DTYPE_DOTS,
     kernel_constexprs,
-    launch_options,
+    launch_plan,
     lse_dtype,
     lse_from_natural,
     lse_to_natural,
     log2_scale,
     make_specialization,
+    specialization_cases,
     split_scalar,
-    triton_type,
 )
 from ._tiles import (
     _batch_rows,
@@ -45,6 +39,7 @@ from ._tiles import (
     _load_vector,
     _program_rows,
     _softmax_tile,
+    _store_lse,
     _store_rows,
 )
 
@@ -106,11 +101,7 @@ def _exchange_fwd_kernel(
 
     out = acc / l_i[:, None]
     _store_rows(_batch_rows(Out, batch, N, C, C_PAD, EVEN_C), offs_n, mask_n, out, C, C_PAD, EVEN_C)
-    if query.dtype.primitive_bitwidth < 32:
-        lse = m_i + tl.log2(l_i)  # the backward divides out its rounding (lse_to_natural)
-    else:  # per row in float64 (see _exp2_minus_lse): the backward splits it into hi + lo
-        lse = m_i.to(tl.float64) + tl.log2(l_i.to(tl.float64))
-    tl.store(Lse + batch * N + offs_n, lse, mask=mask_n)
+    _store_lse(Lse, batch, N, offs_n, mask_n, m_i, l_i, query.dtype.primitive_bitwidth < 32)
 
 
 @triton.jit
@@ -275,17 +266,12 @@ def exchange_forward(query: torch.Tensor, aux: torch.Tensor, scale: float) -> tu
         ``out`` ``(B, N, C)`` contiguous in the input dtype and ``lse`` ``(B, N)`` float64, the natural
         log-sum-exp of scale·<query_u, aux_w> over w (the one convention of every backend, see _library.py).
     """
-    check_runnable(query)
-    query, aux = query.contiguous(), aux.contiguous()
-    batch, n, c = query.shape
-    m = aux.shape[1]
-    c_pad = channel_pad(c)
-    constexprs, config = kernel_constexprs("exchange_fwd", c_pad, query.dtype, c == c_pad, dot_algorithm(query.dtype))
+    plan = launch_plan("exchange_fwd", query, aux)
+    query, aux, batch, n = plan.rows, plan.cols, plan.batch, plan.n
     out = torch.empty(query.shape, dtype=query.dtype, device=query.device)
     lse = torch.empty((batch, n), dtype=lse_dtype(query.dtype), device=query.device)
-    grid = (triton.cdiv(n, config.block_n), batch)
-    _exchange_fwd_kernel[grid](
-        query, aux, out, lse, n, m, c, *split_scalar(log2_scale(scale)), **constexprs, **launch_options(config))
+    _exchange_fwd_kernel[(triton.cdiv(n, plan.config.block_n), batch)](
+        query, aux, out, lse, n, plan.m, plan.c, *split_scalar(log2_scale(scale)), **plan.constexprs, **plan.options)
     return out, lse_to_natural(lse)
 
 
@@ -300,14 +286,10 @@ def exchange_backward(grad_out, query, aux, out, lse, scale: float) -> tuple[tor
     Returns:
         ``grad_query`` ``(B, N, C)`` and ``grad_aux`` ``(B, M, C)`` in the input dtype.
     """
-    check_runnable(query)
-    query, aux, out = query.contiguous(), aux.contiguous(), out.contiguous()
+    plan = launch_plan("exchange_bwd", query, aux)
+    query, aux, batch, n, m, c = plan.rows, plan.cols, plan.batch, plan.n, plan.m, plan.c
+    out = out.contiguous()
     lse = lse_from_natural(lse, query.dtype)
-    batch, n, c = query.shape
-    m = aux.shape[1]
-    c_pad = channel_pad(c)
-    constexprs, config = kernel_constexprs("exchange_bwd", c_pad, query.dtype, c == c_pad, dot_algorithm(query.dtype))
-    launch = launch_options(config)
     grad_out = grad_out.contiguous().to(query.dtype)
     grad_query = torch.empty(query.shape, dtype=query.dtype, device=query.device)
     grad_aux = torch.empty(aux.shape, dtype=aux.dtype, device=aux.device)
@@ -315,38 +297,28 @@ def exchange_backward(grad_out, query, aux, out, lse, scale: float) -> tuple[tor
     # query kernel for the aux kernel, in planes aligned to 16 elements (see _coordinate_stride)
     stats = torch.empty((batch, 3, aligned_stride(n)), dtype=precision.accumulate_dtype(query.dtype), device=query.device)
     scalars = (*split_scalar(scale), *split_scalar(log2_scale(scale)))
-    _exchange_bwd_query_kernel[(triton.cdiv(n, config.block_n), batch)](
-        grad_out, query, aux, out, lse, stats, grad_query, n, m, c, *scalars, **constexprs, **launch)
-    _exchange_bwd_aux_kernel[(triton.cdiv(m, config.block_m), batch)](
-        grad_out, query, aux, lse, stats, grad_aux, n, m, c, *scalars, **constexprs, **launch)
+    _exchange_bwd_query_kernel[(triton.cdiv(n, plan.config.block_n), batch)](
+        grad_out, query, aux, out, lse, stats, grad_query, n, m, c, *scalars, **plan.constexprs, **plan.options)
+    _exchange_bwd_aux_kernel[(triton.cdiv(m, plan.config.block_m), batch)](
+        grad_out, query, aux, lse, stats, grad_aux, n, m, c, *scalars, **plan.constexprs, **plan.options)
     return grad_query, grad_aux
 
 
 def exchange_specializations() -> list:
     """Every (kernel, constexprs, warps, stages) the launchers above can pick, for AOT compilation."""
     specs = []
-    for dtype, dot in DTYPE_DOTS:
-        feat = "*" + triton_type(dtype)
-        stat = "*" + triton_type(precision.accumulate_dtype(dtype))
-        lse = "*" + triton_type(lse_dtype(dtype))
-        ints = dict(N="i32", M="i32", C="i32")
-        for c_pad, even_c in [(c_pad, even_c) for c_pad in CHANNEL_PADS for even_c in (True, False)]:
-            ragged = "" if even_c else "_ragged"
-            tag = f"{triton_type(dtype)}{dot_suffix(dot)}_c{c_pad}"
-            constexprs, config = kernel_constexprs("exchange_fwd", c_pad, dtype, even_c, dot)
-            specs.append(make_specialization(
-                f"exchange_fwd_{tag}{ragged}", _exchange_fwd_kernel,
-                dict(Query=feat, Aux=feat, Out=feat, Lse=lse, **ints, SCALE_LOG2E_HI="fp32", SCALE_LOG2E_LO="fp32"),
-                constexprs, config))
-            constexprs, config = kernel_constexprs("exchange_bwd", c_pad, dtype, even_c, dot)
-            scalars = dict(SCALE_HI="fp32", SCALE_LO="fp32", SCALE_LOG2E_HI="fp32", SCALE_LOG2E_LO="fp32")
-            specs.append(make_specialization(
-                f"exchange_bwd_query_{tag}{ragged}", _exchange_bwd_query_kernel,
-                dict(GradOut=feat, Query=feat, Aux=feat, Out=feat, Lse=lse, Stats=stat, GradQuery=feat,
-                     **ints, **scalars), constexprs, config))
-            specs.append(make_specialization(
-                f"exchange_bwd_aux_{tag}{ragged}", _exchange_bwd_aux_kernel,
-                dict(GradOut=feat, Query=feat, Aux=feat, Lse=lse, Stats=stat, GradAux=feat,
-                     **ints, **scalars),
-                constexprs, config))
+    for case in specialization_cases():
+        feat, name = case.feat, f"{case.tag}{case.ragged}"
+        constexprs, config = kernel_constexprs("exchange_fwd", case.c_pad, case.dtype, case.even_c, case.dot)
+        specs.append(make_specialization(
+            f"exchange_fwd_{name}", _exchange_fwd_kernel,
+            dict(Query=feat, Aux=feat, Out=feat, Lse=case.lse, **case.ints, **case.scalars("SCALE_LOG2E")),
+            constexprs, config))
+        constexprs, config = kernel_constexprs("exchange_bwd", case.c_pad, case.dtype, case.even_c, case.dot)
+        common = dict(GradOut=feat, Query=feat, Aux=feat, Lse=case.lse, Stats=case.stat, **case.ints,
+                      **case.scalars("SCALE", "SCALE_LOG2E"))
+        specs.append(make_specialization(f"exchange_bwd_query_{name}", _exchange_bwd_query_kernel,
+                                         dict(common, Out=feat, GradQuery=feat), constexprs, config))
+        specs.append(make_specialization(f"exchange_bwd_aux_{name}", _exchange_bwd_aux_kernel,
+                                         dict(common, GradAux=feat), constexprs, config))
     return specs

@@ -21,14 +21,8 @@ from ._distance import (
 )
 from .. import precision
 from ._launch import (
-    channel_pad,
-    CHANNEL_PADS,
-    check_runnable,
-    dot_algorithm,
-    dot_suffix,
-    DTYPE_DOTS,
     kernel_constexprs,
-    launch_options,
+    launch_plan,
     lse_dtype,
     lse_from_natural,
     lse_to_natural,
@@ -38,8 +32,8 @@ from ._launch import (
     POW_FOURTH_ROOT,
     pow_mode,
     POW_MODES,
+    specialization_cases,
     split_scalar,
-    triton_type,
 )
 from ._tiles import (
     _batch_rows,
@@ -53,6 +47,7 @@ from ._tiles import (
     _load_vector,
     _program_rows,
     _softmax_tile,
+    _store_lse,
     _store_rows,
 )
 
@@ -169,11 +164,7 @@ def _warp_loss_fwd_kernel(
                                            C_PAD, BLOCK_M, K_CHUNK, POW_MODE, IS_FP64, EVEN_C, masked == 1, False, DOT)
 
     tl.store(Rows + batch * N + offs_n, acc / l_i, mask=mask_n)
-    if src.dtype.primitive_bitwidth < 32:
-        lse = m_i + tl.log2(l_i)  # the backward divides out its rounding (lse_to_natural)
-    else:  # per row in float64 (see _exp2_minus_lse): the backward splits it into hi + lo
-        lse = m_i.to(tl.float64) + tl.log2(l_i.to(tl.float64))
-    tl.store(Lse + batch * N + offs_n, lse, mask=mask_n)
+    _store_lse(Lse, batch, N, offs_n, mask_n, m_i, l_i, src.dtype.primitive_bitwidth < 32)
 
 
 @triton.jit
@@ -362,21 +353,16 @@ def warp_loss_forward(src, tgt, src_xy, tgt_xy, pow: float, scale: float) -> tup
         ``rows`` ``(B, N)`` = ``L_u``, float32 (float64 for float64 features), and ``lse`` ``(B, N)`` float64,
         the natural log-sum-exp of scale·logits (the one convention of every backend, see _library.py).
     """
-    check_runnable(src)
-    src, tgt = src.contiguous(), tgt.contiguous()
-    batch, n, c = src.shape
-    m = tgt.shape[1]
-    c_pad = channel_pad(c)
-    constexprs, config = kernel_constexprs("warp_loss_fwd", c_pad, src.dtype, c == c_pad, dot_algorithm(src.dtype),
-                                           pow_mode(pow))
+    plan = launch_plan("warp_loss_fwd", src, tgt, pow_mode(pow))
+    src, tgt, batch, n = plan.rows, plan.cols, plan.batch, plan.n
     src_planar = _coordinates(src_xy, batch, src, pow)
     tgt_planar = _coordinates(tgt_xy, batch, src, pow)
     stat_dtype = precision.accumulate_dtype(src.dtype)
     rows = torch.empty((batch, n), dtype=stat_dtype, device=src.device)
     lse = torch.empty((batch, n), dtype=lse_dtype(src.dtype), device=src.device)
-    _warp_loss_fwd_kernel[(triton.cdiv(n, config.block_n), batch)](
-        src, tgt, src_planar, tgt_planar, rows, lse, n, m, c,
-        *split_scalar(log2_scale(scale)), *split_scalar(0.5 * pow), **constexprs, **launch_options(config))
+    _warp_loss_fwd_kernel[(triton.cdiv(n, plan.config.block_n), batch)](
+        src, tgt, src_planar, tgt_planar, rows, lse, n, plan.m, plan.c,
+        *split_scalar(log2_scale(scale)), *split_scalar(0.5 * pow), **plan.constexprs, **plan.options)
     if _doubles_coordinates(src, pow):
         rows = rows + _non_finite_marker(src_xy, tgt_xy, batch)
     return rows, lse_to_natural(lse)
@@ -388,15 +374,10 @@ def warp_loss_backward(grad_rows, src, tgt, src_xy, tgt_xy, rows, lse, pow: floa
     ``rows`` and ``lse`` ``(B, N)`` come from :func:`warp_loss_forward`; ``rows`` is the estimate L~_u that
     the src kernel corrects with this backward's own probabilities (see _warp_loss_bwd_src_kernel).
     """
-    check_runnable(src)
-    src, tgt, rows = src.contiguous(), tgt.contiguous(), rows.contiguous()
+    plan = launch_plan("warp_loss_bwd", src, tgt, pow_mode(pow))
+    src, tgt, batch, n, m, c = plan.rows, plan.cols, plan.batch, plan.n, plan.m, plan.c
+    rows = rows.contiguous()
     lse = lse_from_natural(lse, src.dtype)
-    batch, n, c = src.shape
-    m = tgt.shape[1]
-    c_pad = channel_pad(c)
-    constexprs, config = kernel_constexprs("warp_loss_bwd", c_pad, src.dtype, c == c_pad, dot_algorithm(src.dtype),
-                                           pow_mode(pow))
-    launch = launch_options(config)
     src_planar = _coordinates(src_xy, batch, src, pow)
     tgt_planar = _coordinates(tgt_xy, batch, src, pow)
     grad_rows = grad_rows.contiguous().to(rows.dtype)
@@ -406,40 +387,34 @@ def warp_loss_backward(grad_rows, src, tgt, src_xy, tgt_xy, rows, lse, pow: floa
     # the src kernel for the tgt kernel, planar like the coordinates (see _warp_loss_bwd_src_kernel)
     stats = torch.empty((batch, 3, src_planar.shape[-1]), dtype=rows.dtype, device=src.device)
     scalars = (*split_scalar(scale), *split_scalar(log2_scale(scale)), *split_scalar(0.5 * pow))
-    _warp_loss_bwd_src_kernel[(triton.cdiv(n, config.block_n), batch)](
-        grad_rows, src, tgt, src_planar, tgt_planar, rows, lse, stats, grad_src, n, m, c, *scalars, **constexprs,
-        **launch)
-    _warp_loss_bwd_tgt_kernel[(triton.cdiv(m, config.block_m), batch)](
-        grad_rows, src, tgt, src_planar, tgt_planar, lse, stats, grad_tgt, n, m, c, *scalars, **constexprs, **launch)
+    _warp_loss_bwd_src_kernel[(triton.cdiv(n, plan.config.block_n), batch)](
+        grad_rows, src, tgt, src_planar, tgt_planar, rows, lse, stats, grad_src, n, m, c, *scalars, **plan.constexprs,
+        **plan.options)
+    _warp_loss_bwd_tgt_kernel[(triton.cdiv(m, plan.config.block_m), batch)](
+        grad_rows, src, tgt, src_planar, tgt_planar, lse, stats, grad_tgt, n, m, c, *scalars, **plan.constexprs, **plan.options)
     return grad_src, grad_tgt
 
 
 def warp_loss_specializations() -> list:
     """Every (kernel, constexprs, warps, stages) the launchers above can pick, for AOT compilation."""
     specs = []
-    for dtype, dot in DTYPE_DOTS:
-        feat = "*" + triton_type(dtype)
-        stat = "*" + triton_type(precision.accumulate_dtype(dtype))
-        lse = "*" + triton_type(lse_dtype(dtype))
-        ints = dict(N="i32", M="i32", C="i32")
-        for c_pad, even_c in [(c_pad, even_c) for c_pad in CHANNEL_PADS for even_c in (True, False)]:
-            for mode in POW_MODES:
-                ragged = "" if even_c else "_ragged"
-                tag = f"{triton_type(dtype)}{dot_suffix(dot)}_c{c_pad}_{POW_MODE_NAMES[mode]}"
-                constexprs, config = kernel_constexprs("warp_loss_fwd", c_pad, dtype, even_c, dot, mode)
-                specs.append(make_specialization(
-                    f"warp_loss_fwd_{tag}{ragged}", _warp_loss_fwd_kernel,
-                    dict(Src=feat, Tgt=feat, SrcXY=stat, TgtXY=stat, Rows=stat, Lse=lse, **ints,
-                         SCALE_LOG2E_HI="fp32", SCALE_LOG2E_LO="fp32", POW_HALF_HI="fp32", POW_HALF_LO="fp32"),
-                    constexprs, config,
-                    tiles_per_iteration=3 if dtype.itemsize == 2 and mode == POW_FOURTH_ROOT else 1))
-                constexprs, config = kernel_constexprs("warp_loss_bwd", c_pad, dtype, even_c, dot, mode)
-                arg_types = dict(GradRows=stat, Src=feat, Tgt=feat, SrcXY=stat, TgtXY=stat, Rows=stat, Lse=lse,
-                                 Stats=stat, GradSrc=feat, GradTgt=feat, **ints, SCALE_HI="fp32", SCALE_LO="fp32",
-                                 SCALE_LOG2E_HI="fp32", SCALE_LOG2E_LO="fp32", POW_HALF_HI="fp32",
-                                 POW_HALF_LO="fp32")
-                specs.append(make_specialization(
-                    f"warp_loss_bwd_src_{tag}{ragged}", _warp_loss_bwd_src_kernel, arg_types, constexprs, config))
-                specs.append(make_specialization(
-                    f"warp_loss_bwd_tgt_{tag}{ragged}", _warp_loss_bwd_tgt_kernel, arg_types, constexprs, config))
+    for case in specialization_cases():
+        feat, stat = case.feat, case.stat
+        for mode in POW_MODES:
+            name = f"{case.tag}_{POW_MODE_NAMES[mode]}{case.ragged}"
+            constexprs, config = kernel_constexprs("warp_loss_fwd", case.c_pad, case.dtype, case.even_c, case.dot, mode)
+            specs.append(make_specialization(
+                f"warp_loss_fwd_{name}", _warp_loss_fwd_kernel,
+                dict(Src=feat, Tgt=feat, SrcXY=stat, TgtXY=stat, Rows=stat, Lse=case.lse, **case.ints,
+                     **case.scalars("SCALE_LOG2E", "POW_HALF")),
+                constexprs, config,
+                tiles_per_iteration=3 if case.dtype.itemsize == 2 and mode == POW_FOURTH_ROOT else 1))
+            constexprs, config = kernel_constexprs("warp_loss_bwd", case.c_pad, case.dtype, case.even_c, case.dot, mode)
+            arg_types = dict(GradRows=stat, Src=feat, Tgt=feat, SrcXY=stat, TgtXY=stat, Rows=stat, Lse=case.lse,
+                             Stats=stat, GradSrc=feat, GradTgt=feat, **case.ints,
+                             **case.scalars("SCALE", "SCALE_LOG2E", "POW_HALF"))
+            specs.append(make_specialization(
+                f"warp_loss_bwd_src_{name}", _warp_loss_bwd_src_kernel, arg_types, constexprs, config))
+            specs.append(make_specialization(
+                f"warp_loss_bwd_tgt_{name}", _warp_loss_bwd_tgt_kernel, arg_types, constexprs, config))
     return specs
