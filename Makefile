@@ -64,7 +64,7 @@ clean:
 
 # ------------------------------------------------------------------------------------------ GPU day (issue 11)
 #   make gpu-check OUT=dir   on a CUDA machine with torch and Triton preinstalled (no network): the editable install
-#                            without dependencies, then bench/gpu_check.py (a 390 s budget; the whole target fits in
+#                            without dependencies, then python -m bench.gpu_check (a 390 s budget; the whole target fits in
 #                            8 minutes); writes dir/gpu_check.json and dir/gpu_check.md. Without CUDA: one line, exit 2.
 #   make triton-env          Triton $(TRITON_ALT) (the GPU machine's) and $(TRITON_FLOOR) (the declared floor), each
 #                            with NumPy $(OLD_TRITON_NUMPY) (their interpreter breaks on NumPy 2.4), in

@@ -1,4 +1,4 @@
-"""``bench/gpu_check.py`` on the CPU: everything that does not need a GPU, so that one GPU run is enough.
+"""``bench/gpu_check`` on the CPU: everything that does not need a GPU, so that one GPU run is enough.
 
 Imports and the ops adapter (the launcher and kernel names it relies on exist), argument parsing, the no-CUDA
 refusal (one line, non-zero exit), the time-budget logic on a fake clock, the accuracy case run in Triton's
@@ -15,7 +15,7 @@ import sys
 import pytest
 import torch
 
-from bench import gpu_check
+from bench.gpu_check import accuracy, common, report, run, timing
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -29,19 +29,19 @@ class FakeClock:
 
 
 def test_parse_args_defaults_and_errors():
-    args = gpu_check.parse_args(["--out", "somewhere"])
-    assert (args.out, args.budget, args.only, args.plan) == ("somewhere", gpu_check.DEFAULT_BUDGET_S, None, False)
-    assert gpu_check.parse_args(["--out", "x", "--only", "kernels", "--only", "dve"]).only == ["kernels", "dve"]
+    args = run.parse_args(["--out", "somewhere"])
+    assert (args.out, args.budget, args.only, args.plan) == ("somewhere", run.DEFAULT_BUDGET_S, None, False)
+    assert run.parse_args(["--out", "x", "--only", "kernels", "--only", "dve"]).only == ["kernels", "dve"]
     for bad in ([], ["--out", "x", "--budget", "0"], ["--out", "x", "--only", "nonsense"]):
         with pytest.raises(SystemExit):
-            gpu_check.parse_args(bad)
+            run.parse_args(bad)
 
 
 def test_budget_fits_eight_minutes_with_the_install():
     """The sections' estimates fit in the default budget, and the budget leaves >= 90 s of the 8 minutes for
     ``pip install -e .`` (the C++ extension) and the interpreter start-up."""
-    assert sum(gpu_check.SECTION_ESTIMATES_S.values()) <= gpu_check.DEFAULT_BUDGET_S
-    assert gpu_check.DEFAULT_BUDGET_S <= 8 * 60 - 90
+    assert sum(common.SECTION_ESTIMATES_S.values()) <= run.DEFAULT_BUDGET_S
+    assert run.DEFAULT_BUDGET_S <= 8 * 60 - 90
 
 
 def test_no_cuda_refusal_is_one_line_and_non_zero(tmp_path):
@@ -57,13 +57,13 @@ def test_no_cuda_refusal_is_one_line_and_non_zero(tmp_path):
 
 def test_no_cuda_refusal_in_process(monkeypatch, capsys, tmp_path):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert gpu_check.main(["--out", str(tmp_path)]) == 2
+    assert run.main(["--out", str(tmp_path)]) == 2
     assert "no CUDA device" in capsys.readouterr().err
 
 
 def test_run_sections_skips_what_the_budget_cannot_hold_and_survives_failures():
     clock = FakeClock()
-    budget = gpu_check.Budget(100.0, clock)
+    budget = run.Budget(100.0, clock)
     ran = []
 
     def section(name, seconds, passed=True, fail=False):
@@ -76,7 +76,7 @@ def test_run_sections_skips_what_the_budget_cannot_hold_and_survives_failures():
         return name, fn
 
     estimates = {"a": 30, "b": 10, "c": 10, "d": 50, "e": 5}
-    records = gpu_check.run_sections([section("a", 40), section("b", 5, fail=True), section("c", 10, passed=False),
+    records = run.run_sections([section("a", 40), section("b", 5, fail=True), section("c", 10, passed=False),
                                       section("d", 1), section("e", 1)], budget, estimates)
     # a: 40 s (60 left); b raises (55 left); c fails its checks (45 left); d's 50 s no longer fits; e does
     assert ran == ["a", "b", "c", "e"]
@@ -91,8 +91,8 @@ def test_error_bound_is_the_tests_rule():
     neighbourhood, or the float32 floor of 1e-5 of the max-norm."""
     exact = torch.tensor([1.0, -10.0], dtype=torch.float64)
     dense = [exact + 1e-2, exact + 2e-2]
-    assert gpu_check.error_bound(exact, dense, "bfloat16") == pytest.approx(8e-2)
-    assert gpu_check.error_bound(exact, [exact, exact], "float32") == pytest.approx(1e-4)  # the max-norm floor
+    assert accuracy.error_bound(exact, dense, "bfloat16") == pytest.approx(8e-2)
+    assert accuracy.error_bound(exact, [exact, exact], "float32") == pytest.approx(1e-4)  # the max-norm floor
 
 
 def test_ops_adapter_names_exist():
@@ -100,10 +100,10 @@ def test_ops_adapter_names_exist():
     attributes device time by these names)."""
     import dve_kernels.ops as ops
 
-    launchers, kernel_names = gpu_check.ops_adapter()
-    assert set(kernel_names) == set(gpu_check.PASSES) and set(launchers) == {"exchange", "warp"}
+    launchers, kernel_names = common.ops_adapter()
+    assert set(kernel_names) == set(common.PASSES) and set(launchers) == {"exchange", "warp"}
     assert kernel_names["exchange_fwd"] == "_exchange_fwd_kernel", kernel_names
-    assert len(set(kernel_names.values())) == len(gpu_check.PASSES), kernel_names  # one JIT function per pass
+    assert len(set(kernel_names.values())) == len(common.PASSES), kernel_names  # one JIT function per pass
     assert all(any(spec.kernel.fn.__name__ == name for spec in ops.kernel_specializations())
                for name in kernel_names.values()), kernel_names
     q, a = torch.randn(1, 20, 16), torch.randn(1, 23, 16)
@@ -122,7 +122,7 @@ def test_accuracy_case_in_the_interpreter(op, pow, normalize, dot):
     """The accuracy section's own code on CPU tensors (Triton interpreter): float32 passes its bound.
 
     """
-    case = gpu_check.accuracy_case(op, (1, 19, 23, 16), "float32", pow, dot, device="cpu", backend="triton",
+    case = accuracy.accuracy_case(op, (1, 19, 23, 16), "float32", pow, dot, device="cpu", backend="triton",
                                    normalize=normalize)
     assert case["dot"] == dot
     assert case["passed"], case
@@ -137,29 +137,29 @@ def test_accuracy_case_fails_a_wrong_backend(monkeypatch):
 
     real = dve_kernels.exchange
     monkeypatch.setattr(dve_kernels, "exchange", lambda *a, **k: real(*a, **k) * (1 + 1e-3))
-    case = gpu_check.accuracy_case("exchange", (1, 19, 23, 16), "float32", device="cpu", backend="triton")
+    case = accuracy.accuracy_case("exchange", (1, 19, 23, 16), "float32", device="cpu", backend="triton")
     assert not case["passed"] and not case["checks"]["value"]["passed"], case
 
 
 def test_plan_checks_imports_and_model_rows():
-    args = gpu_check.parse_args(["--out", "x", "--plan"])
-    plan = gpu_check.plan(args)
+    args = run.parse_args(["--out", "x", "--plan"])
+    plan = run.plan(args)
     assert plan["model_rows_missing"] == [], plan["model_rows_missing"]
-    assert plan["accuracy_cases"] == 7 * len(gpu_check.ACCURACY_VARIANTS) == 21, plan["accuracy_cases"]
-    covered = set(gpu_check.warmup_cases())
+    assert plan["accuracy_cases"] == 7 * len(accuracy.ACCURACY_VARIANTS) == 21, plan["accuracy_cases"]
+    covered = set(timing.warmup_cases())
     assert plan["warmup_variants"] == len(covered)
-    for op, shape, dtype, pow, dot in gpu_check.accuracy_cases():  # every variant a section launches is warmed
+    for op, shape, dtype, pow, dot in accuracy.accuracy_cases():  # every variant a section launches is warmed
         assert (op, dtype, shape[3], pow, dot) in covered
-    for dtype, dot in gpu_check.KERNEL_VARIANTS:
+    for dtype, dot in common.KERNEL_VARIANTS:
         assert ("exchange", dtype, 64, 0.5, dot) in covered and ("warp", dtype, 64, 0.5, dot) in covered
 
 
 def _fake_result():
-    models = gpu_check.load_model_rows()
+    models = timing.load_model_rows()
     rows = []
-    for index, pass_name in enumerate(gpu_check.PASSES):
-        for dtype, dot in gpu_check.KERNEL_VARIANTS:
-            rows.append(gpu_check.kernel_row(pass_name, dtype, dot, 0.25 + index / 10, "kernel", models))
+    for index, pass_name in enumerate(common.PASSES):
+        for dtype, dot in common.KERNEL_VARIANTS:
+            rows.append(timing.kernel_row(pass_name, dtype, dot, 0.25 + index / 10, "kernel", models))
     accuracy = [{"op": "exchange", "shape": [2, 1024, 1025, 64], "dtype": "bfloat16", "pow": None, "passed": True,
                  "checks": {k: {"fused_error": 1e-3, "dense_error": 2e-3, "bound": 4e-3, "passed": True}
                             for k in ("value", "grad_a", "grad_b")}}]
@@ -171,7 +171,7 @@ def _fake_result():
                 "accuracy": {"status": "ok", "seconds": 30.0, "data": {"cases": accuracy}},
                 "determinism": {"status": "ok", "seconds": 3.0, "data": {"bitwise_equal": {"float32": True}}},
                 "memory": {"status": "failed", "seconds": 2.0, "error": "RuntimeError: boom"},
-                "kernels": {"status": "ok", "seconds": 20.0, "data": {"shape": gpu_check.KERNEL_SHAPE, "rows": rows}},
+                "kernels": {"status": "ok", "seconds": 20.0, "data": {"shape": common.KERNEL_SHAPE, "rows": rows}},
                 "dve": {"status": "skipped", "reason": "time budget: 10 s left"}}
     sections["dve"] = {"status": "ok", "seconds": 40.0, "data": {"rows": dve}}
     env = {"gpu": "NVIDIA H200", "capability": "sm_90", "sms": 132, "driver": "570.86.15", "torch": "2.11.0+cu128",
@@ -181,14 +181,14 @@ def _fake_result():
 
 def test_report_writer_with_fake_timings(tmp_path):
     result = _fake_result()
-    json_path, md_path = gpu_check.write_report(result, str(tmp_path / "run"))
+    json_path, md_path = report.write_report(result, str(tmp_path / "run"))
     assert json.loads(open(json_path).read())["environment"]["gpu"] == "NVIDIA H200"
     text = open(md_path).read()
     for needle in ("NVIDIA H200", "driver 570.86.15", "torch 2.11.0+cu128", "Triton 3.6.0", "**FAILED**",
                    "| memory | failed |", "RuntimeError: boom", "| 128² | dense | oom |", "| 128² | dve_kernels | ok |"):
         assert needle in text, needle
-    kernel_lines = [line for line in text.splitlines() if line.startswith(tuple(f"| {p} |" for p in gpu_check.PASSES))]
-    assert len(kernel_lines) == len(gpu_check.PASSES) * len(gpu_check.KERNEL_VARIANTS)
+    kernel_lines = [line for line in text.splitlines() if line.startswith(tuple(f"| {p} |" for p in common.PASSES))]
+    assert len(kernel_lines) == len(common.PASSES) * len(common.KERNEL_VARIANTS)
     # exchange_fwd bf16 at 0.25 ms: 16 · 4096² / 0.25e-3 pairs/s, beside its modelled and calibrated bounds
     row = next(r for r in result["sections"]["kernels"]["data"]["rows"]
                if r["pass"] == "exchange_fwd" and r["dtype"] == "bfloat16")
@@ -206,13 +206,13 @@ def test_report_writer_with_fake_timings(tmp_path):
 
 def test_fp32_dot_sets_the_matmul_precision_the_pytorch_way():
     before = torch.get_float32_matmul_precision()
-    with gpu_check.fp32_dot("tf32"):
+    with common.fp32_dot("tf32"):
         assert torch.get_float32_matmul_precision() == "high"
         from dve_kernels import precision
         assert precision.float32_dot() == "tf32"
     assert torch.get_float32_matmul_precision() == before
-    with gpu_check.fp32_dot("ieee"):
+    with common.fp32_dot("ieee"):
         assert torch.get_float32_matmul_precision() == "highest"
     with pytest.raises(ValueError, match="3xtf32"):
-        with gpu_check.fp32_dot("3xtf32"):
+        with common.fp32_dot("3xtf32"):
             pass
