@@ -15,25 +15,37 @@
 // Tasks are (batch, fixed chunk of row tiles); each chunk adds its grad_y contribution into a private workspace,
 // summed in chunk order at the end (sum_chunk_partials): no atomics, no order that depends on the threads.
 //
+// Pass 2 needs the probabilities of pass 1 again (and the exchange its dP tile). When they fit in kKeptBytes per task,
+// pass 1 keeps them, one row tile against all columns (O(kTileRows * M), bounded, never N x M), and pass 2 reads them
+// back instead of recomputing the logits and dP (two of the exchange backward's N x M x C products, one of the warp
+// loss's) and the exponentials; otherwise pass 2 recomputes them. Both give the same bits.
+//
 // An op supplies a Rows class; each task copies the prototype it is given and calls
+//   kOwnTiles                                        how many kTileRows x kTileCols tiles of its own it keeps (0, 1)
 //   allocate(padded)                                 its per-task scratch
 //   begin_rows(b, row0, nu)                          per row tile: its row constants (rows row0 .. row0 + nu)
-//   begin_cols(b, v0, nv, rows, packed)              per column tile of either pass (coordinates, dP tile)
+//   begin_cols(b, v0, nv, rows, packed, own, compute)   per column tile of either pass (coordinates; with compute,
+//                                                    its own tiles, e.g. dP, into own)
 //   centre(r)                                        c~_u of row r of the tile
-//   value(r)                                         a functor k -> f_uv for row r and column v0 + k
-//   dlogit_row(r, logits, hi, lo, nv, e / S, 1 / S, out)   pass 2's dlogit row (kTileCols entries, 0 past nv)
+//   value(r, own)                                    a functor k -> f_uv for row r and column v0 + k
+//   dlogit_row(r, row, own, hi, lo, kept, nv, e / S, 1 / S, out)   pass 2's dlogit row (kTileCols entries, 0 past nv)
+//                                                    from the row's probabilities (backward_probability)
 //   accumulate_cols(grad_y, count, nu)               pass 2's own addition to grad_y's tile (may do nothing)
 #pragma once
+
+#include <memory>
 
 #include "common.h"
 
 namespace dve {
 inline namespace DVE_ISA_NS {
 
+constexpr std::int64_t kKeptBytes = std::int64_t(32) << 20;  // per task (so per thread at a time)
+
 template <class S, class Rows>
 void two_pass_backward(const S* x, const double* lse, const PackedTiles<compute_t<S>>& packed, S* grad_x, S* grad_y,
                        std::int64_t batch, std::int64_t n_rows, std::int64_t n_cols, std::int64_t channels,
-                       double scale, int threads, const Rows& prototype) {
+                       double scale, int threads, const Rows& prototype, std::int64_t kept_bytes = kKeptBytes) {
   using A = compute_t<S>;
   const std::int64_t padded = padded_channels<A>(channels);
   const std::int64_t row_tiles = ceil_div(n_rows, kTileRows);
@@ -42,6 +54,9 @@ void two_pass_backward(const S* x, const double* lse, const PackedTiles<compute_
   const std::int64_t chunks = backward_chunks(batch, row_tiles);
   const std::int64_t tasks = batch * chunks;
   const A scale_a = static_cast<A>(scale);
+  // per column tile: the logits tile, then the op's own tiles
+  const std::int64_t slot = std::int64_t(kTileRows) * kTileCols * (1 + Rows::kOwnTiles);
+  const bool keep = col_tiles * slot * std::int64_t(sizeof(A)) <= kept_bytes;
 
   // grad_y partial sums, one per (chunk, batch): O(chunks * B * M * C), never N x M.
   std::vector<A> partial(static_cast<std::size_t>(chunks * batch * cols_padded * padded), A(0));
@@ -57,7 +72,9 @@ void two_pass_backward(const S* x, const double* lse, const PackedTiles<compute_
     Rows op(prototype);
     op.allocate(padded);
     std::vector<A> x_tile(kTileRows * padded), grad_x_tile(kTileRows * padded);
-    std::vector<A> logits(kTileRows * kTileCols), dlogit(kTileRows * kTileCols);
+    std::unique_ptr<A[]> kept(new A[static_cast<std::size_t>(keep ? col_tiles * slot : slot)]);  // not zeroed
+    const auto logits_of = [&](std::int64_t v0) { return kept.get() + (keep ? v0 / kTileCols * slot : 0); };
+    std::vector<A> dlogit(kTileRows * kTileCols);
     A lse_hi[kTileRows], lse_lo[kTileRows];
     A row_excess[kTileRows], row_scale[kTileRows];
     A sum_lanes[kTileRows][kLanes], excess_lanes[kTileRows][kLanes];
@@ -83,11 +100,18 @@ void two_pass_backward(const S* x, const double* lse, const PackedTiles<compute_
       }
       for (std::int64_t v0 = 0; v0 < n_cols; v0 += kTileCols) {
         const int nv = static_cast<int>(std::min<std::int64_t>(kTileCols, n_cols - v0));
-        op.begin_cols(b, v0, nv, rows, packed);
-        tile_logits(x_tile.data(), padded, packed.transposed_of(b, v0), channels, rows, logits.data());
+        A* logits = logits_of(v0);
+        A* own = logits + kTileRows * kTileCols;
+        op.begin_cols(b, v0, nv, rows, packed, own, true);
+        tile_logits(x_tile.data(), padded, packed.transposed_of(b, v0), channels, rows, logits);
         for (int r = 0; r < nu; ++r) {
-          add_mass_and_excess(logits.data() + r * kTileCols, lse_hi[r], lse_lo[r], nv, op.centre(r), op.value(r),
-                              sum_lanes[r], excess_lanes[r]);
+          A* row = logits + r * kTileCols;
+          if (keep)
+            add_mass_and_excess<true>(row, lse_hi[r], lse_lo[r], nv, op.centre(r), op.value(r, own), sum_lanes[r],
+                                      excess_lanes[r]);
+          else
+            add_mass_and_excess<false>(row, lse_hi[r], lse_lo[r], nv, op.centre(r), op.value(r, own), sum_lanes[r],
+                                       excess_lanes[r]);
         }
       }
       for (int r = 0; r < nu; ++r) {
@@ -99,10 +123,12 @@ void two_pass_backward(const S* x, const double* lse, const PackedTiles<compute_
       for (std::int64_t v0 = 0; v0 < n_cols; v0 += kTileCols) {
         const int nv = static_cast<int>(std::min<std::int64_t>(kTileCols, n_cols - v0));
         const int cols_count = round_up(nv, kMicroRows);
-        op.begin_cols(b, v0, nv, rows, packed);
-        tile_logits(x_tile.data(), padded, packed.transposed_of(b, v0), channels, rows, logits.data());
+        A* logits = logits_of(v0);
+        A* own = logits + kTileRows * kTileCols;
+        op.begin_cols(b, v0, nv, rows, packed, own, !keep);
+        if (!keep) tile_logits(x_tile.data(), padded, packed.transposed_of(b, v0), channels, rows, logits);
         for (int r = 0; r < nu; ++r) {
-          op.dlogit_row(r, logits.data() + r * kTileCols, lse_hi[r], lse_lo[r], nv, row_excess[r], row_scale[r],
+          op.dlogit_row(r, logits + r * kTileCols, own, lse_hi[r], lse_lo[r], keep, nv, row_excess[r], row_scale[r],
                         dlogit.data() + r * kTileCols);
         }
         accumulate_rows(grad_x_tile.data(), dlogit.data(), kTileCols, 1, rows, packed.rows_of(b, v0), nv, padded);

@@ -486,18 +486,26 @@ inline A lane_total(const A* lanes) {
 
 // The backward's statistics pre-pass over one tile row (both ops): sum_lanes += p_k and
 // excess_lanes += p_k (value(k) - centre), lane by lane, with p_k = exp((logit_k - hi) - lo) for the k < nv
-// columns of the tile (hi + lo: the forward's lse, split). value(k) is the row's own quantity (the warp loss's
-// distance, the exchange's <dO, aux> logit). The caller totals the lanes after the row's last tile.
-template <class A, class Value>
-inline void add_mass_and_excess(const A* row, A hi, A lo, int nv, A centre, Value value, A* sum_lanes,
-                                A* excess_lanes) {
+// columns of the tile (hi + lo: the forward's lse, split), 0 past them. value(k) is the row's own quantity (the
+// warp loss's distance, the exchange's <dO, aux> logit). The caller totals the lanes after the row's last tile.
+// kKeep: the row's logits are replaced by p_k, for the second pass (see backward.h).
+template <bool kKeep, class A, class Value>
+inline void add_mass_and_excess(A* row, A hi, A lo, int nv, A centre, Value value, A* sum_lanes, A* excess_lanes) {
   for (int k0 = 0; k0 < kTileCols; k0 += kLanes)
     for (int l = 0; l < kLanes; ++l) {
       const int k = k0 + l;
       const A p = k < nv ? softmax_exp(static_cast<A>((row[k] - hi) - lo)) : A(0);
+      if constexpr (kKeep) row[k] = p;
       sum_lanes[l] += p;
       excess_lanes[l] += p * static_cast<A>(value(k) - centre);
     }
+}
+
+// The probability of column k < nv of a tile row in the backward's second pass: kept by the first pass
+// (add_mass_and_excess<true>), or computed again from the logits, to the same bits.
+template <class A>
+inline A backward_probability(const A* row, int k, A hi, A lo, bool kept) {
+  return kept ? row[k] : softmax_exp(static_cast<A>((row[k] - hi) - lo));
 }
 
 // Threads for a parallel region: the caller's request, or OpenMP's default.

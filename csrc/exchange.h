@@ -101,7 +101,8 @@ struct ExchangeRows {
   const S* out;
   std::int64_t channels;
   std::int64_t padded = 0;
-  std::vector<A> dout_tile, dp, prob;
+  static constexpr int kOwnTiles = 1;  // the dP tile
+  std::vector<A> dout_tile, prob;
   A delta[kTileRows];
 
   ExchangeRows(const S* grad_out_, const S* out_, std::int64_t channels_)
@@ -110,7 +111,6 @@ struct ExchangeRows {
   void allocate(std::int64_t padded_channels) {
     padded = padded_channels;
     dout_tile.resize(kTileRows * padded);
-    dp.resize(kTileRows * kTileCols);
     prob.resize(kTileRows * kTileCols);
   }
 
@@ -125,24 +125,25 @@ struct ExchangeRows {
     }
   }
 
-  void begin_cols(std::int64_t b, std::int64_t v0, int, int rows, const PackedTiles<A>& packed) {
-    tile_logits(dout_tile.data(), padded, packed.transposed_of(b, v0), channels, rows, dp.data());  // <dO_u, aux_w>
+  void begin_cols(std::int64_t b, std::int64_t v0, int, int rows, const PackedTiles<A>& packed, A* dp, bool compute) {
+    if (compute) tile_logits(dout_tile.data(), padded, packed.transposed_of(b, v0), channels, rows, dp);  // <dO_u, aux_w>
   }
 
   A centre(int r) const { return delta[r]; }
 
-  auto value(int r) const {
-    const A* d_row = dp.data() + r * kTileCols;
+  auto value(int r, const A* dp) const {
+    const A* d_row = dp + r * kTileCols;
     return [d_row](int k) { return d_row[k]; };
   }
 
   // dlogit_uw = p_uw ((dP_uw - D~_u) - e_u / S_u), p = P / S_u (kept for the value role)
-  void dlogit_row(int r, const A* l_row, A hi, A lo, int nv, A excess, A normaliser, A* d_row) {
-    const A* dp_row = dp.data() + r * kTileCols;
+  void dlogit_row(int r, const A* l_row, const A* dp, A hi, A lo, bool kept, int nv, A excess, A normaliser,
+                  A* d_row) {
+    const A* dp_row = dp + r * kTileCols;
     A* p_row = prob.data() + r * kTileCols;
     const A row_delta = delta[r];  // row constants in locals: the vectoriser cannot prove the stores leave them alone
     for (int k = 0; k < kTileCols; ++k) {
-      const A p = k < nv ? softmax_exp(static_cast<A>((l_row[k] - hi) - lo)) * normaliser : A(0);
+      const A p = k < nv ? backward_probability(l_row, k, hi, lo, kept) * normaliser : A(0);
       p_row[k] = p;
       d_row[k] = p * (static_cast<A>(dp_row[k] - row_delta) - excess);
     }
@@ -158,11 +159,12 @@ struct ExchangeRows {
 template <class S>
 void exchange_backward(const S* grad_out, const S* query, const S* aux, const S* out, const double* lse,
                        S* grad_query, S* grad_aux, std::int64_t batch, std::int64_t n_query, std::int64_t n_aux,
-                       std::int64_t channels, double scale, int num_threads = 0) {
+                       std::int64_t channels, double scale, int num_threads = 0,
+                       std::int64_t kept_bytes = kKeptBytes) {
   const int threads = resolve_threads(num_threads);
   const PackedTiles<compute_t<S>> packed(aux, batch, n_aux, channels, true, threads);
   two_pass_backward(query, lse, packed, grad_query, grad_aux, batch, n_query, n_aux, channels, scale, threads,
-                    detail::ExchangeRows<S>(grad_out, out, channels));
+                    detail::ExchangeRows<S>(grad_out, out, channels), kept_bytes);
 }
 
 }  // namespace DVE_ISA_NS

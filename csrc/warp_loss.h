@@ -136,6 +136,7 @@ struct WarpLossRows {
   A half_pow;
   A row_value[kTileRows], row_grad[kTileRows], sx[kTileRows], sy[kTileRows];
   A tx[kTileCols], ty[kTileCols];
+  static constexpr int kOwnTiles = 0;  // distances are recomputed from the coordinates
 
   WarpLossRows(const A* grad_rows_, const A* src_xy_, const A* tgt_xy_, const A* rows_in_, std::int64_t n_tgt_,
                A half_pow_)
@@ -152,13 +153,13 @@ struct WarpLossRows {
     }
   }
 
-  void begin_cols(std::int64_t b, std::int64_t v0, int nv, int, const PackedTiles<A>&) {
+  void begin_cols(std::int64_t b, std::int64_t v0, int nv, int, const PackedTiles<A>&, A*, bool) {
     load_coordinates(tgt_xy + (b * n_tgt + v0) * 2, nv, tx, ty);
   }
 
   A centre(int r) const { return row_value[r]; }
 
-  auto value(int r) const {
+  auto value(int r, const A*) const {
     const A x = sx[r], y = sy[r], half = half_pow;
     const A* xs = tx;
     const A* ys = ty;
@@ -166,13 +167,14 @@ struct WarpLossRows {
   }
 
   // dlogit_uv = g_u p_uv ((d_uv - L~_u) - e_u / S_u), p = P / S_u
-  void dlogit_row(int r, const A* l_row, A hi, A lo, int nv, A excess, A normaliser, A* row) const {
+  void dlogit_row(int r, const A* l_row, const A*, A hi, A lo, bool kept, int nv, A excess, A normaliser,
+                  A* row) const {
     // row constants in locals: the vectoriser cannot prove the row stores leave them alone
     const A x = sx[r], y = sy[r], half = half_pow;
     const A value = row_value[r];
     const A grad = row_grad[r] * normaliser;
     for (int k = 0; k < kTileCols; ++k) {
-      const A p = k < nv ? softmax_exp(static_cast<A>((l_row[k] - hi) - lo)) : A(0);
+      const A p = k < nv ? backward_probability(l_row, k, hi, lo, kept) : A(0);
       row[k] = p * ((distance_to<mode>(x, y, tx, ty, k, half) - value) - excess) * grad;
     }
   }
@@ -184,12 +186,14 @@ template <PowMode mode, class S>
 void warp_loss_backward_impl(const compute_t<S>* grad_rows, const S* src, const S* tgt, const compute_t<S>* src_xy,
                              const compute_t<S>* tgt_xy, const compute_t<S>* rows_in, const double* lse,
                              S* grad_src, S* grad_tgt, std::int64_t batch, std::int64_t n_src, std::int64_t n_tgt,
-                             std::int64_t channels, double pow, double scale, int num_threads) {
+                             std::int64_t channels, double pow, double scale, int num_threads,
+                             std::int64_t kept_bytes) {
   const int threads = resolve_threads(num_threads);
   const PackedTiles<compute_t<S>> packed(tgt, batch, n_tgt, channels, true, threads);
   two_pass_backward(src, lse, packed, grad_src, grad_tgt, batch, n_src, n_tgt, channels, scale, threads,
                     WarpLossRows<mode, S>(grad_rows, src_xy, tgt_xy, rows_in, n_tgt,
-                                          static_cast<compute_t<S>>(pow / 2)));
+                                          static_cast<compute_t<S>>(pow / 2)),
+                    kept_bytes);
 }
 
 }  // namespace detail
@@ -218,24 +222,24 @@ template <class S>
 void warp_loss_backward(const compute_t<S>* grad_rows, const S* src, const S* tgt, const compute_t<S>* src_xy,
                         const compute_t<S>* tgt_xy, const compute_t<S>* rows, const double* lse, S* grad_src,
                         S* grad_tgt, std::int64_t batch, std::int64_t n_src, std::int64_t n_tgt, std::int64_t channels,
-                        double pow, double scale, int num_threads = 0) {
+                        double pow, double scale, int num_threads = 0, std::int64_t kept_bytes = kKeptBytes) {
   switch (pow_mode(pow)) {
     case PowMode::quarter_root:
       return detail::warp_loss_backward_impl<PowMode::quarter_root>(grad_rows, src, tgt, src_xy, tgt_xy, rows, lse,
                                                                     grad_src, grad_tgt, batch, n_src, n_tgt, channels,
-                                                                    pow, scale, num_threads);
+                                                                    pow, scale, num_threads, kept_bytes);
     case PowMode::root:
       return detail::warp_loss_backward_impl<PowMode::root>(grad_rows, src, tgt, src_xy, tgt_xy, rows, lse, grad_src,
                                                             grad_tgt, batch, n_src, n_tgt, channels, pow, scale,
-                                                            num_threads);
+                                                            num_threads, kept_bytes);
     case PowMode::square:
       return detail::warp_loss_backward_impl<PowMode::square>(grad_rows, src, tgt, src_xy, tgt_xy, rows, lse, grad_src,
                                                               grad_tgt, batch, n_src, n_tgt, channels, pow, scale,
-                                                              num_threads);
+                                                              num_threads, kept_bytes);
     default:
       return detail::warp_loss_backward_impl<PowMode::general>(grad_rows, src, tgt, src_xy, tgt_xy, rows, lse,
                                                                grad_src, grad_tgt, batch, n_src, n_tgt, channels, pow,
-                                                               scale, num_threads);
+                                                               scale, num_threads, kept_bytes);
   }
 }
 

@@ -2,6 +2,7 @@
 // Run by ctest (see CMakeLists.txt); exits non-zero on the first failure.
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <cstdlib>
 #include <random>
 #include <string>
@@ -276,7 +277,50 @@ void test_half_conversions() {
 
 }  // namespace
 
+// The backward keeps pass 1's tiles for pass 2 when they fit (kKeptBytes) and recomputes them otherwise: the two
+// must give the same bits, on several threads and with a partial last tile on both sides.
+template <class S>
+void test_kept_and_recomputed_agree() {
+  const std::int64_t B = 2, N = 150, M = 333, C = 40;
+  std::mt19937 rng(7);
+  using A = dve::compute_t<S>;
+  const auto q = to_storage<S>(random_vector(B * N * C, rng, 3.0));
+  const auto a = to_storage<S>(random_vector(B * M * C, rng, 3.0));
+  const auto dout = to_storage<S>(random_vector(B * N * C, rng, 1.0));
+  std::vector<A> src_xy(B * N * 2), tgt_xy(B * M * 2), grad_rows(B * N), rows(B * N);
+  std::uniform_real_distribution<double> coord(0, 40);
+  for (auto& x : src_xy) x = static_cast<A>(coord(rng));
+  for (auto& x : tgt_xy) x = static_cast<A>(coord(rng));
+  for (auto& x : grad_rows) x = static_cast<A>(coord(rng) / 40 + 0.5);
+  std::vector<S> out(B * N * C);
+  std::vector<double> lse(B * N), lse_rows(B * N);
+  dve::exchange_forward(q.data(), a.data(), out.data(), lse.data(), B, N, M, C, 0.7, 2);
+  dve::warp_loss_forward(q.data(), a.data(), src_xy.data(), tgt_xy.data(), rows.data(), lse_rows.data(), B, N, M, C,
+                         0.5, 0.7, 2);
+  for (int op = 0; op < 2; ++op) {
+    std::vector<S> grads[2][2];
+    for (int kept = 0; kept < 2; ++kept) {
+      grads[kept][0].resize(B * N * C);
+      grads[kept][1].resize(B * M * C);
+      const std::int64_t kept_bytes = kept ? dve::kKeptBytes : 0;
+      if (op == 0)
+        dve::exchange_backward(dout.data(), q.data(), a.data(), out.data(), lse.data(), grads[kept][0].data(),
+                               grads[kept][1].data(), B, N, M, C, 0.7, 2, kept_bytes);
+      else
+        dve::warp_loss_backward(grad_rows.data(), q.data(), a.data(), src_xy.data(), tgt_xy.data(), rows.data(),
+                                lse_rows.data(), grads[kept][0].data(), grads[kept][1].data(), B, N, M, C, 0.5, 0.7, 2,
+                                kept_bytes);
+    }
+    for (int g = 0; g < 2; ++g)
+      check(std::memcmp(grads[0][g].data(), grads[1][g].data(), grads[0][g].size() * sizeof(S)) == 0,
+            std::string(op == 0 ? "exchange" : "warp loss") + " backward: kept and recomputed tiles differ (gradient " +
+                std::to_string(g) + ")");
+  }
+}
+
 int main() {
+  test_kept_and_recomputed_agree<float>();
+  test_kept_and_recomputed_agree<double>();
   test_fast_exp();
   test_half_conversions();
   test_non_finite();
