@@ -10,7 +10,7 @@ device, the ``meta`` device included) and keeps:
 Running a computation on ``meta`` tensors under the recorder gives its tensor memory without computing anything.
 What a compiled kernel allocates internally is not a tensor and is not seen: the C++ backward passes keep
 gradient partial sums of up to ``ceil(8 / B)·B·M·C`` floats (at B = 8 as much as one ``(B, M, C)`` tensor) besides
-small per-thread tiles. :func:`peak_rss` sees everything: it runs a statement in a fresh Python process and
+per-thread tiles, among them the backward's kept tiles (at most 32 MiB a thread, csrc/backward.h). :func:`peak_rss` sees everything: it runs a statement in a fresh Python process and
 reports the peak resident memory it added, which is what ``bench/`` uses for the CPU memory claims.
 """
 
