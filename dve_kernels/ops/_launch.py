@@ -47,10 +47,9 @@ LOG2_E = 1.4426950408889634  # softmax runs in base 2: exp(x) = exp2(x * log2(e)
 # kernels are written for it (exp2's argument, the Newton steps, the distance are one FFMA each), and the
 # static kernel report counts those instructions.
 FP_FUSION = True
-# 32/64-bit launches let ptxas use every register a thread may have (.maxnreg 255; 65536 per SM covers 8 warps at
-# 255): left to itself, ptxas held some 8-warp FMA-dot kernels at 128 registers and spilled (warp_loss_bwd_tgt fp32
-# C_PAD 128 on sm_80: 24 bytes at 128 registers, none at 148 with the limit). 16-bit launches keep ptxas's own
-# choice: with the limit, the three-tile warp-loss forward spilled on sm_80 (116 bytes at 255; none at 183 without).
+# 32/64-bit launches let ptxas use every register a thread may have (.maxnreg 255): left to itself it held some
+# FMA-dot kernels at 128 and spilled. Why each rule of launch_config is there, with the spills that set it:
+# docs/gpu.md, "Launch configurations".
 MAX_REGISTERS = 255
 
 
@@ -103,17 +102,12 @@ def channel_pad(channels: int) -> int:
 def launch_config(pass_name: str, c_pad: int, dtype: torch.dtype, even_c: bool = True) -> LaunchConfig:
     """Block sizes, channel slice, warps and pipeline stages for one pass at one (C_PAD, dtype).
 
-    How they were chosen (no GPU was available while writing this; retune with bench/ on one):
-    16-bit data runs its dots on tensor cores with whole register tiles, as FlashAttention-2 does: the
-    start is the Triton tutorial's 128 x 64 tiles at head dimension 64, then rows are halved as C_PAD
-    grows and warps doubled where a BLOCK x C_PAD float32 accumulator would pass ~64 registers per
-    thread. 32/64-bit data runs FMA dots (float32 must stay IEEE, docs/contract.md section 4): small tiles
-    and K_CHUNK-channel slices of the logit dot, because an FMA dot keeps every channel of its operand
-    rows in registers (32 x 32 tiles spilled from C_PAD = 16 on in float32, 16 x 16 did not; float64
-    needs 8 warps from C_PAD = 64 on). Every result is compiled for sm_80 and sm_90 by
-    tests/test_triton_aot.py (DVE_AOT_FULL=1 for all of them), which fails on any spill or shared-memory
-    overflow. No GPU has run them yet: speed comes only from the modelled bounds of bench/kernel_report.py
-    (which chose 8 warps for the warp-loss forward and 4 for the exchange forward at C_PAD = 256, see below).
+    16-bit data: tensor-core dots on whole register tiles, from the Triton tutorial's 128 x 64 at head dimension 64,
+    rows halved as C_PAD grows. 32/64-bit data: FMA dots on small tiles over K_CHUNK-channel slices (an FMA dot
+    keeps every channel of its operand rows in registers). Each exception below has one line on why; how each was
+    found (the spills, the modelled bounds of bench/kernel_report.py) is in docs/gpu.md, "Launch configurations".
+    tests/test_triton_aot.py compiles every result for sm_80 and sm_90 and fails on any spill or shared-memory
+    overflow. No GPU has run them yet: retune with bench/ on one.
     ``pass_name`` is "exchange_fwd", "exchange_bwd" (both backward kernels), "warp_loss_fwd" or "warp_loss_bwd";
     ``even_c`` whether C == C_PAD (the ``_ragged`` specialisations are compiled with their own configuration).
     """
@@ -123,53 +117,33 @@ def launch_config(pass_name: str, c_pad: int, dtype: torch.dtype, even_c: bool =
     if itemsize == 2:
         if pass_name == "exchange_fwd":
             block_n, block_m = (128, 64) if c_pad <= 64 else (64, 64) if c_pad <= 128 else (32, 32)
-        elif pass_name == "warp_loss_fwd":  # no accumulator tile: only the src tile stays in registers
-            # (with the three-tile loop of pow = 0.5, 128 x 64 spilled 4 bytes on sm_90 at C_PAD = 128 for a C
-            # below it, 64 x 64 spilled 64 bytes on sm_80 at C_PAD = 256)
+        elif pass_name == "warp_loss_fwd":  # no accumulator tile; smaller above C_PAD 64 (spills)
             block_n, block_m = (128, 64) if c_pad <= 64 else (64, 64) if c_pad == 128 else (64, 32)
-        else:  # backward: two accumulator tiles plus operand tiles per program (64 x 64 spilled on sm_80)
+        else:  # backward: two accumulator tiles plus operand tiles per program (64 x 64 spilled)
             block_n, block_m = (64, 32) if c_pad <= 64 else (32, 32)
             if not even_c and (pass_name, c_pad) in (("exchange_bwd", 32), ("exchange_bwd", 64), ("warp_loss_bwd", 64)):
-                # C below C_PAD (masked channel loads): 64 x 32 spilled with Triton 3.6 (exchange aux kernel at
-                # C_PAD 32: 124 B on sm_80, 104 B on sm_90; warp src kernel at C_PAD 64: 20 B on sm_80), 32 x 32
-                # does not, on 3.6 or 3.9; the exchange query kernel at C_PAD 64, which also reads out for D~, spilled
-                # 12 B on sm_80 with 3.6. C == C_PAD keeps 64 x 32 (32 x 32 would cost the warp src kernel 36 %
-                # of its modelled bound, 1.23e12 -> 7.9e11 pairs/s on sm_90).
-                block_n = 32
+                block_n = 32  # masked channel loads spilled at 64 x 32; C == C_PAD keeps 64 x 32 (faster)
             if pass_name == "warp_loss_bwd" and c_pad == 256:
-                block_n = 16  # 32 x 32 spilled on sm_80 with the general power (exp2 + log2 per pair)
+                block_n = 16  # the general power's exp2 + log2 spilled at 32 x 32
         num_warps = 8 if block_n * c_pad >= 128 * 64 else 4
         if pass_name == "warp_loss_fwd":
-            # 8 warps whatever C_PAD: the three-tile loop of pow = 0.5 reached 255 registers and spilled on sm_80
-            # with 4 (C_PAD 32, 64); at C_PAD 64 on sm_90 4 warps would issue 4 % less (0.568 against 0.591 slots
-            # per pair) but the pass is MUFU-bound there either way
-            num_warps = 8
+            num_warps = 8  # the three-tile loop of pow = 0.5 spilled with 4; MUFU-bound either way
         if pass_name == "warp_loss_bwd" and c_pad == 128:
-            num_warps = 8  # 4 warps spilled on sm_80 (32 x 32 with the general power, 16 x 32 with the others)
+            num_warps = 8  # 4 warps spilled
         if pass_name == "exchange_fwd" and c_pad == 256:
-            num_warps = 4  # 8 warps were capped at 128 registers and spilled on sm_90; 4 also issue 37 % less
-
-        # the warp-loss backward at C_PAD 16 with the general power: ptxas held the tgt kernel at 128 registers and
-        # spilled 4 bytes on sm_90; with every register a thread may have it does not
+            num_warps = 4  # 8 warps were capped at 128 registers and spilled; 4 also issue less
+        # ptxas held these at 128 registers and spilled; with every register a thread may have they do not
         max_registers = MAX_REGISTERS if pass_name == "warp_loss_bwd" and c_pad == 16 else None
         if pass_name == "exchange_bwd" and c_pad == 128 and not even_c:
-            block_n = 16  # 32 x 32 spilled 4 B at 255 registers in the query kernel on sm_90 (Triton 3.9)
+            block_n = 16  # 32 x 32 spilled even at 255 registers
         if pass_name == "exchange_bwd" and c_pad == 64 and not even_c:
-            max_registers = MAX_REGISTERS  # the aux kernel's 32 x 32 tile was held at 128 registers (8 B spilled, 3.9)
+            max_registers = MAX_REGISTERS
         return LaunchConfig(block_n, block_m, num_warps, 3 if c_pad <= 128 else 2, c_pad, max_registers)
-    # 32/64-bit: one configuration for forward and backward of an op, so that both compute every logit
-    # with the same expression on the same tile shape and get bitwise the same value: then a row whose
-    # softmax is one-hot in float32 gets P = exp2(logit - lse) = 1.0 exactly in the backward, and its
-    # gradient cancels exactly, as in the dense computation (docs/contract.md: logits of 1e4).
-    # (the warp-loss forward has no accumulator tile: 4 warps whatever C_PAD; with 8, ptxas capped it at
-    # 64 registers per thread and spilled on sm_80)
-    num_warps = 4 if c_pad * itemsize <= 256 or pass_name == "warp_loss_fwd" else 8
-    # channel slices: 16 wide, but 32 for float32 with 8 warps (at 16, ptxas capped that case at 128
-    # registers and spilled on sm_80: empirical, like everything here)
-    k_chunk = 32 if itemsize == 4 and num_warps == 8 else 16
-    # one pipeline stage: the FMA dots re-read their slices from L1/L2 anyway, and a second stage of prefetched
-    # slices pushed float64 at C_PAD = 256 past 255 registers (spills on sm_90; 182 registers with one stage)
-    return LaunchConfig(16, 16, num_warps, 1, k_chunk, MAX_REGISTERS)
+    # 32/64-bit: one configuration for forward and backward of an op, so that both compute every logit bitwise
+    # alike (a one-hot row then gets P = 1.0 exactly in the backward and cancels, as the dense computation does)
+    num_warps = 4 if c_pad * itemsize <= 256 or pass_name == "warp_loss_fwd" else 8  # warp fwd: 8 spilled
+    k_chunk = 32 if itemsize == 4 and num_warps == 8 else 16  # 16 spilled for float32 with 8 warps
+    return LaunchConfig(16, 16, num_warps, 1, k_chunk, MAX_REGISTERS)  # one stage: a second spilled float64 C_PAD 256
 
 
 def kernel_constexprs(pass_name: str, c_pad: int, dtype: torch.dtype, even_c: bool, dot: str,
