@@ -99,14 +99,21 @@ def compile_specialization(spec, arch: int, return_compiled: bool = False):
     return (report, compiled) if return_compiled else report
 
 
-def _worker(args) -> dict:
+def compile_indexed(args, then=None) -> dict:
+    """A worker process's job: compile specialisation ``index`` of kernel_specializations() for ``sm_<arch>``
+    (``args = (index, arch)``) and return its report, with what ``then(spec, arch, compiled)`` adds (bench's kernel
+    report). A failure is reported as the row's ``error``; the tests fail on it."""
     index, arch = args
     from dve_kernels.ops import kernel_specializations  # noqa: PLC0415
 
     spec = kernel_specializations()[index]
     try:
-        return compile_specialization(spec, arch)
-    except Exception as error:  # reported, and the test fails on it
+        if then is None:
+            return compile_specialization(spec, arch)
+        report, compiled = compile_specialization(spec, arch, return_compiled=True)
+        report.update(then(spec, arch, compiled))
+        return report
+    except Exception as error:
         return {"name": spec.name, "arch": arch, "error": f"{type(error).__name__}: {error}"[:2000]}
 
 
@@ -126,7 +133,7 @@ def main(argv=None) -> int:
     work = [(i, arch) for arch in (args.arch or [80, 90]) for i, spec in enumerate(specs) if pattern.search(spec.name)]
     started = time.perf_counter()
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
-        for done, report in enumerate(pool.map(_worker, work), 1):
+        for done, report in enumerate(pool.map(compile_indexed, work), 1):
             print(json.dumps(report), flush=True)
             # progress on stderr, so that stdout stays one JSON line per kernel
             status = "error" if "error" in report else f"{report['seconds']:.1f} s"
