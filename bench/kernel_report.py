@@ -29,13 +29,16 @@ Usage: ``python -m bench.kernel_report [--arch 80 --arch 90] [--filter fp32_c64]
 ``bench/results/static/kernel_report.json`` and ``kernel_report.md`` (committed, so every change to a kernel
 shows its cost). ``--calibrate`` recompiles only the calibration kernel and rewrites ``calibration.json``;
 ``--from-json`` re-renders the markdown from the committed JSON without compiling anything; ``--merge`` compiles
-only what ``--filter`` selects and replaces those rows of the committed JSON.
-``pytest bench/test_kernel_report.py`` checks it on the C = 64 specialisations.
+only what ``--filter`` selects and replaces those rows of the committed JSON; ``--split-candidates`` compiles, instead
+of the float32 IEEE specialisations it selects, their three-way TF32 split twins (``_tf32x3_``, which the launchers do
+not use: the report shows both paths side by side). The committed rows: ``--merge --split-candidates --filter
+_fp32_c64``. ``pytest bench/test_kernel_report.py`` checks it on the C = 64 specialisations.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import json
 import os
@@ -230,17 +233,29 @@ def analyse_with_tiles(spec, arch: int, compiled) -> dict:
     return {**analyse(spec, arch, compiled), "block_n": spec.constexprs["BLOCK_N"], "block_m": spec.constexprs["BLOCK_M"]}
 
 
-def build(archs=(80, 90), name_filter: str = "", jobs: int = os.cpu_count() or 1, ragged: bool = False) -> list[dict]:
+def split_twin(spec):
+    """The float32 IEEE specialisation ``spec`` with the three-way TF32 split for its dots (``DOT="tf32x3"``, named
+    ``_tf32x3_``): a candidate for ``"highest"`` that the launchers do not use (see docs/gpu.md), compiled only for
+    this report, on the same tiles."""
+    return dataclasses.replace(spec, name=spec.name.replace("_fp32_", "_tf32x3_"),
+                               constexprs=dict(spec.constexprs, DOT="tf32x3"))
+
+
+def build(archs=(80, 90), name_filter: str = "", jobs: int = os.cpu_count() or 1, ragged: bool = False,
+          split_candidates: bool = False) -> list[dict]:
     """Compile and analyse the specialisations whose name contains ``name_filter``: the ``EVEN_C`` ones (C a power
-    of two from 16 on, the fast path the performance targets are about), plus the ``_ragged`` twins if asked."""
+    of two from 16 on, the fast path the performance targets are about), plus the ``_ragged`` twins if asked.
+    ``split_candidates``: instead, the :func:`split_twin` of each float32 IEEE one among them."""
     if triton_interpreter_requested():
         raise RuntimeError("unset TRITON_INTERPRET: interpreted kernels cannot be compiled")
     from dve_kernels.ops import kernel_specializations
 
     work = [(i, arch) for arch in archs for i, spec in enumerate(kernel_specializations())
-            if name_filter in spec.name and (ragged or not spec.name.endswith("_ragged"))]
+            if name_filter in spec.name and (ragged or not spec.name.endswith("_ragged"))
+            and (not split_candidates or "_fp32_c" in spec.name)]
+    job = functools.partial(compile_indexed, then=analyse_with_tiles, variant=split_twin if split_candidates else None)
     with ProcessPoolExecutor(max_workers=jobs) as pool:
-        return list(pool.map(functools.partial(compile_indexed, then=analyse_with_tiles), work))
+        return list(pool.map(job, work))
 
 
 def _fmt(value, digits=2):
@@ -369,6 +384,9 @@ def main(argv=None) -> int:
                         help="re-render the markdown from OUT/kernel_report.json, compiling nothing else")
     parser.add_argument("--merge", action="store_true",
                         help="replace (or add) only the compiled rows in OUT/kernel_report.json, keep the others")
+    parser.add_argument("--split-candidates", action="store_true",
+                        help="compile the three-way TF32 split twin (_tf32x3_) of each float32 IEEE specialisation "
+                             "instead (with --merge: beside the committed rows)")
     args = parser.parse_args(argv)
     if triton_interpreter_requested():
         parser.error("unset TRITON_INTERPRET: interpreted kernels cannot be compiled")
@@ -378,7 +396,7 @@ def main(argv=None) -> int:
         with open(os.path.join(args.out, "kernel_report.json")) as handle:
             rows = json.load(handle)
     else:
-        rows = build(tuple(args.arch or (80, 90)), args.filter, args.jobs, args.ragged)
+        rows = build(tuple(args.arch or (80, 90)), args.filter, args.jobs, args.ragged, args.split_candidates)
         if args.merge:
             with open(os.path.join(args.out, "kernel_report.json")) as handle:
                 rows = merge_rows(json.load(handle), rows)

@@ -171,3 +171,29 @@ def test_sweep_covers_every_launch_configuration(sweep):
 @pytest.mark.slow
 def test_sweep_compiles_fits_shared_memory_and_does_not_spill(sweep):
     check_reports(sweep)
+
+
+def test_highest_precision_uses_the_dot_the_static_report_models_faster():
+    """Under torch's default "highest" matmul precision the float32 kernels use IEEE FMA dots; the alternative that
+    keeps float32 accuracy, the three-way TF32 split, is compiled for the static report on the same tiles
+    (bench/kernel_report.py --split-candidates). The choice stands only while the report models IEEE at least as
+    fast on every float32 C = 64 kernel of sm_90 (docs/gpu.md)."""
+    import torch
+
+    from dve_kernels import precision
+
+    before = torch.get_float32_matmul_precision()
+    try:
+        torch.set_float32_matmul_precision("highest")
+        assert precision.float32_dot() == "ieee"
+    finally:
+        torch.set_float32_matmul_precision(before)
+    with open(os.path.join(ROOT, "bench", "results", "static", "kernel_report.json")) as handle:
+        rows = {(row["name"], row["arch"]): row for row in json.load(handle) if "error" not in row}
+    ieee = {name: row for (name, arch), row in rows.items() if arch == 90 and "_fp32_c64" in name}
+    assert len(ieee) == 15, sorted(ieee)  # 3 exchange kernels, 3 warp-loss kernels x 4 distance powers
+    for name, row in ieee.items():
+        split = rows.get((name.replace("_fp32_", "_tf32x3_"), 90))
+        assert split is not None, f"no split twin of {name} in the report"
+        assert row["modelled_pairs_per_s"] >= split["modelled_pairs_per_s"], (name, row["modelled_pairs_per_s"],
+                                                                             split["modelled_pairs_per_s"])

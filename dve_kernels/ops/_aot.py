@@ -99,14 +99,17 @@ def compile_specialization(spec, arch: int, return_compiled: bool = False):
     return (report, compiled) if return_compiled else report
 
 
-def compile_indexed(args, then=None) -> dict:
+def compile_indexed(args, then=None, variant=None) -> dict:
     """A worker process's job: compile specialisation ``index`` of kernel_specializations() for ``sm_<arch>``
-    (``args = (index, arch)``) and return its report, with what ``then(spec, arch, compiled)`` adds (bench's kernel
-    report). A failure is reported as the row's ``error``; the tests fail on it."""
+    (``args = (index, arch)``), or ``variant(spec)`` of it, and return its report, with what
+    ``then(spec, arch, compiled)`` adds (bench's kernel report). A failure is reported as the row's ``error``; the
+    tests fail on it."""
     index, arch = args
     from dve_kernels.ops import kernel_specializations  # noqa: PLC0415
 
     spec = kernel_specializations()[index]
+    if variant is not None:
+        spec = variant(spec)
     try:
         if then is None:
             return compile_specialization(spec, arch)
