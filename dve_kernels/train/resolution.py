@@ -297,7 +297,7 @@ def _figure(rows: list, table: dict, path: Path, caption: str) -> None:
         for i, key in enumerate(keys):
             values = [float(r[metric]) * scale for r in rows if (r["resolution"], r["model"], r["variant"]) == key]
             ax.scatter([i] * len(values), values, color="black", s=12, zorder=3)
-        ax.set_xticks(range(len(keys)), [_label(k).replace(" ", "\n", 1) for k in keys], fontsize=7)
+        ax.set_xticks(range(len(keys)), [_label(k).replace(" ", "\n") for k in keys], fontsize=7)
         ax.set_title(title, fontsize=9)
         ax.set_ylabel(unit)
         ax.grid(axis="y", alpha=0.3)
