@@ -5,7 +5,8 @@ Every path computes in its inputs' dtype, as PyTorch's own ops do; nothing silen
 - float64 features: float64 everywhere.
 - float32 features: float32 dots, softmax and accumulation. On the CPU, float32 SIMD FMAs (the C++ kernels).
   On CUDA, by default (``torch.get_float32_matmul_precision() == "highest"``) IEEE float32 FMA dots (the contract
-  also allows an explicit three-way TF32 split; the kernels have none yet, docs/gpu.md); under ``"high"`` or
+  also allows an explicit three-way TF32 split; the static kernel report models it slower on the kernels' tiles,
+  docs/gpu.md); under ``"high"`` or
   ``"medium"`` single-pass TF32, which the user asked for the PyTorch way (:func:`float32_dot`).
 - float16 / bfloat16 features: 16-bit operands with float32 accumulation and softmax statistics. On CUDA the
   Triton kernels' tensor-core dots; on the CPU, which has no 16-bit arithmetic, the float32 kernels

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import torch
 
-from . import _validation as v
+from . import _validation as validation
 from .conventions import gather_auxiliary, prepare_pairs
 from .precision import accumulate_dtype
 
 
 def _check_backend(backend) -> None:
-    v.check_choice("backend", backend, ("reference", "auto"))
+    validation.check_choice("backend", backend, ("reference", "auto"))
 
 
 def exchange(query: torch.Tensor, aux: torch.Tensor, *, scale: float = 1.0, backend: str = "reference"):
@@ -31,7 +31,7 @@ def exchange(query: torch.Tensor, aux: torch.Tensor, *, scale: float = 1.0, back
     Returns:
         ``(B, N, C)``.
     """
-    scale = v.check_exchange(query, aux, scale, "reference")
+    scale = validation.check_exchange(query, aux, scale, "reference")
     _check_backend(backend)
     return exchange_rows(query, aux, scale)
 
@@ -85,14 +85,14 @@ def warp_loss(src, tgt, src_xy, tgt_xy, *, pow: float = 0.5, scale: float = 1.0,
     Returns:
         A scalar for ``"mean"``/``"sum"``, the ``(B, N)`` expected distances for ``"none"``.
     """
-    pow, scale = v.check_warp_loss(src, tgt, src_xy, tgt_xy, pow, scale, reduction, "reference")
+    pow, scale = validation.check_warp_loss(src, tgt, src_xy, tgt_xy, pow, scale, reduction, "reference")
     _check_backend(backend)
     return reduce_rows(warp_loss_rows(src, tgt, src_xy, tgt_xy, pow, scale), reduction)
 
 
 def _prepare(feats, meta, normalize_vectors):
-    grid = v.check_meta(meta)
-    v.check_feats_and_grid(feats, grid)
+    grid = validation.check_meta(meta)
+    validation.check_feats_and_grid(feats, grid)
     return prepare_pairs(feats, grid, normalize_vectors)
 
 
@@ -100,7 +100,7 @@ def dense_correlation_loss(feats, meta, pow=0.5, fold_corr=False, normalize_vect
     """The original repository's warp loss, dense: ``feats`` ``(2B, C, H, W)``, ``meta['grid']`` ``(B, H_in, W_in, 2)``."""
     _check_backend(backend)
     src, tgt, src_xy, tgt_xy = _prepare(feats, meta, normalize_vectors)
-    pow = v.check_real("pow", pow, positive=True)
+    pow = validation.check_real("pow", pow, positive=True)
     return reduce_rows(warp_loss_rows(src, tgt, src_xy, tgt_xy, pow, 1.0), "mean")
 
 
@@ -109,8 +109,8 @@ def dense_correlation_loss_dve(feats, meta, pow=0.5, fold_corr=False, normalize_
     """The original repository's DVE loss, dense: exchange through ``num_aux`` auxiliary images, then the warp loss."""
     _check_backend(backend)
     src, tgt, src_xy, tgt_xy = _prepare(feats, meta, normalize_vectors)
-    pow = v.check_real("pow", pow, positive=True)
-    num_aux = v.check_num_aux(num_aux, src.shape[0])
+    pow = validation.check_real("pow", pow, positive=True)
+    num_aux = validation.check_num_aux(num_aux, src.shape[0])
     aux = gather_auxiliary(src, num_aux)
     reconstructed = exchange_rows(src, aux, 1.0)
     return reduce_rows(warp_loss_rows(reconstructed, tgt, src_xy, tgt_xy, pow, 1.0), "mean")

@@ -2,8 +2,8 @@
 
 Everything a launcher can choose is decided here, in one place, so that
 :func:`dve_kernels.ops.kernel_specializations` can enumerate it for ahead-of-time compilation, and the
-launchers and the AOT list build their compile-time arguments with the same :func:`kernel_constexprs` (and
-:func:`launch_options`).
+launchers (:func:`launch_plan`) and the AOT list (:func:`specialization_cases`) build their compile-time
+arguments with the same :func:`kernel_constexprs`.
 """
 
 from __future__ import annotations
@@ -39,6 +39,8 @@ def dot_algorithm(dtype: torch.dtype) -> str:
 def dot_suffix(dot: str) -> str:
     """The kernel-name suffix of a dot algorithm: none for IEEE, ``_tf32`` otherwise."""
     return "" if dot == "ieee" else f"_{dot}"
+
+
 # Distance powers with their own code path (constexpr POW_MODE); anything else is POW_GENERAL.
 POW_FOURTH_ROOT, POW_SQRT, POW_SQUARE, POW_GENERAL = 0, 1, 2, 3
 POW_MODES = (POW_FOURTH_ROOT, POW_SQRT, POW_SQUARE, POW_GENERAL)
