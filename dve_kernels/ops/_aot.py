@@ -23,6 +23,7 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
+
 from .._env import triton_interpreter_requested
 
 # shared memory per block an architecture allows (opt-in maximum), bytes
